@@ -1,0 +1,264 @@
+// One io_uring event loop per core: sockets, timers and cross-core messages.
+//
+// Guarantees:
+// - Everything a Reactor owns (its ring, its connections, its timer wheel) is touched only by
+//   its own thread. The only entry points from other threads are CoreMesh::SubmitTo (a task
+//   that runs on this reactor) and Notify() (wake the loop for a module's own queue).
+// - Receives use a multishot recv per connection over a ring of provided buffers shared by
+//   the core, so an idle connection holds no read buffer. Only a partial frame left at the end
+//   of a read is copied into the connection.
+// - Writes are appended to the connection's output buffer and sent once per loop iteration
+//   (many events written in one tick leave in one send). A connection has at most one send in
+//   flight; unsent bytes are visible to the protocol layer for back-pressure.
+#pragma once
+
+#include <liburing.h>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "parley/net/spsc_queue.h"
+
+namespace parley::net {
+
+class Connection;
+class CoreMesh;
+class Reactor;
+
+using Task = absl::AnyInvocable<void()>;
+
+// The protocol layer of one connection (HTTP, then WebSocket after the upgrade).
+class ConnectionHandler {
+ public:
+  virtual ~ConnectionHandler() = default;
+  // Bytes arrived. `data` holds any bytes left unconsumed last time followed by the new ones;
+  // it may be modified in place (WebSocket unmasking). Returns how many bytes were consumed;
+  // the rest is kept and offered again with the next arrival.
+  virtual size_t OnData(Connection& conn, std::span<char> data) = 0;
+  // The deadline set with Connection::SetDeadline has passed.
+  virtual void OnDeadline(Connection& conn, int64_t now_ms) {}
+  // The whole output buffer has been sent (useful to resume after back-pressure).
+  virtual void OnDrained(Connection& conn) {}
+  // The server is shutting down: say goodbye (e.g. close 1001) and close.
+  virtual void OnShutdown(Connection& conn);
+  // The connection is gone (peer closed, error, or Close finished). Last call.
+  virtual void OnClosed(Connection& conn) {}
+};
+
+// A TCP connection owned by one reactor.
+class Connection {
+ public:
+  Reactor& reactor() const { return *reactor_; }
+  int fd() const { return fd_; }
+  uint64_t id() const { return id_; }  // unique per process, never reused
+
+  // Output. Append directly to out() and call Flush(), or call Write().
+  std::string& out() { return out_; }
+  void Write(std::string_view bytes) {
+    out_.append(bytes);
+    Flush();
+  }
+  // Schedules a send at the end of this loop iteration (cheap to call repeatedly).
+  void Flush();
+  // Bytes accepted by Write but not yet handed to the kernel.
+  size_t PendingOutput() const { return out_.size() + (inflight_.size() - inflight_sent_); }
+
+  // Closes after everything written so far is sent (and stops reading now).
+  void CloseAfterFlush();
+  // Closes at once, discarding unsent output.
+  void Abort();
+  bool closing() const { return closing_; }
+
+  // Replaces the protocol handler (e.g. HTTP -> WebSocket). Safe inside OnData: the old
+  // handler is destroyed after the current callback returns.
+  void SetHandler(std::unique_ptr<ConnectionHandler> handler);
+  ConnectionHandler* handler() const { return handler_.get(); }
+
+  // One deadline per connection; the handler's OnDeadline runs once it passes (resolution
+  // is the reactor tick). 0 clears it.
+  void SetDeadline(int64_t mono_ms);
+  int64_t deadline() const { return deadline_ms_; }
+
+  // Bytes buffered for a partial message (memory accounting).
+  size_t BufferedInput() const { return in_.size(); }
+
+ private:
+  friend class Reactor;
+  Connection(Reactor* reactor, int fd, uint64_t id) : reactor_(reactor), fd_(fd), id_(id) {}
+
+  Reactor* reactor_;
+  int fd_;
+  uint64_t id_;
+  std::unique_ptr<ConnectionHandler> handler_;
+  std::unique_ptr<ConnectionHandler> retired_handler_;
+  std::string in_;           // unconsumed input (partial frame), usually empty
+  std::string out_;          // written, not yet sent
+  std::string inflight_;     // handed to the kernel
+  size_t inflight_sent_ = 0;
+  int64_t deadline_ms_ = 0;
+  int64_t wheel_due_ = 0;    // due time of this connection's live timer-wheel entry, 0 if none
+  uint32_t slot_ = 0;        // index in the reactor's connection table
+  uint32_t ops_in_flight_ = 0;
+  bool recv_armed_ = false;
+  bool send_in_flight_ = false;
+  bool dirty_ = false;
+  bool closing_ = false;     // no more reads; close once output is sent
+  bool closed_ = false;      // fd closed / peer gone; waiting for ops to finish
+  bool in_callback_ = false;
+};
+
+struct ReactorOptions {
+  unsigned ring_entries = 4096;
+  uint32_t recv_buffer_count = 1024;  // provided buffers per core (power of two)
+  uint32_t recv_buffer_size = 16384;
+  int64_t tick_ms = 50;               // timer resolution
+  uint32_t max_connections = 100000;  // per reactor
+};
+
+// Probed kernel features, reported at start-up.
+struct ReactorFeatures {
+  bool msg_ring = false;        // IORING_OP_MSG_RING for cross-core wake-ups
+  bool defer_taskrun = false;   // IORING_SETUP_DEFER_TASKRUN | SINGLE_ISSUER
+  bool multishot_accept = true;
+};
+
+// Creates the handler for a newly accepted connection.
+using AcceptHandlerFactory = std::function<std::unique_ptr<ConnectionHandler>(Connection&)>;
+
+class Reactor {
+ public:
+  Reactor(int core, ReactorOptions options, CoreMesh* mesh);
+  ~Reactor();
+  Reactor(const Reactor&) = delete;
+  Reactor& operator=(const Reactor&) = delete;
+
+  // Runs on the reactor's own thread, before Run: creates the ring and buffers.
+  absl::Status Init();
+  // Starts accepting on a listening socket (this core's own SO_REUSEPORT socket).
+  void Listen(int listen_fd, AcceptHandlerFactory factory);
+  // The loop; returns after Stop and the drain of every connection.
+  void Run();
+
+  // Any thread. Wakes the loop so that pollers run soon.
+  void Notify();
+  // Loop thread: asks Run to return once every connection has closed or `grace_ms` passed.
+  // Listeners close at once; every connection gets OnShutdown.
+  void BeginShutdown(int64_t grace_ms);
+
+  // Loop thread: registers a function run on every loop iteration (e.g. draining a storage
+  // completion queue filled by another thread, which calls Notify()).
+  void AddPoller(std::function<void()> poller) { pollers_.push_back(std::move(poller)); }
+
+  // Loop thread: runs `task` on this reactor after the current event (never re-entrantly).
+  void Defer(Task task) { deferred_.push_back(std::move(task)); }
+
+  int core() const { return core_; }
+  const ReactorFeatures& features() const { return features_; }
+  int ring_fd() const { return ring_.ring_fd; }
+  size_t connection_count() const { return live_connections_; }
+  int64_t now_ms() const { return now_ms_; }  // monotonic, updated every iteration
+
+  // Used by Connection.
+  void MarkDirty(Connection* conn);
+  void ScheduleWheel(Connection* conn, int64_t due_ms);
+  void RequestClose(Connection* conn, bool abort);
+
+  // Used by CoreMesh: the wake flag and the MSG_RING wake from another reactor.
+  std::atomic<bool>& wake_pending() { return wake_pending_; }
+  void WakeFrom(Reactor& source);
+
+ private:
+  enum Tag : uint64_t {
+    kTagAccept = 1,
+    kTagRecv = 2,
+    kTagSend = 3,
+    kTagTimer = 4,
+    kTagWake = 5,
+    kTagIgnore = 6,
+  };
+  static constexpr uint64_t kTagMask = 7;
+
+  io_uring_sqe* GetSqe();
+  void ArmAccept();
+  void ArmRecv(Connection* conn);
+  void ArmTimer();
+  void ArmEventfdRead();
+  void HandleCqe(const io_uring_cqe* cqe);
+  void OnAccept(int res, uint32_t flags);
+  void OnRecv(Connection* conn, int res, uint32_t flags);
+  void OnSend(Connection* conn, int res);
+  void OnTimer();
+  void Deliver(Connection* conn, char* data, size_t len);
+  void StartSend(Connection* conn);
+  void FlushDirty();
+  void CloseNow(Connection* conn);
+  void MaybeFree(Connection* conn);
+  void RecycleBuffer(uint16_t bid);
+  void RunDeferred();
+
+  int core_;
+  ReactorOptions options_;
+  CoreMesh* mesh_;
+  ReactorFeatures features_;
+  io_uring ring_{};
+  bool ring_ready_ = false;
+
+  // Provided receive buffers.
+  io_uring_buf_ring* buf_ring_ = nullptr;
+  char* buf_base_ = nullptr;
+  size_t buf_region_bytes_ = 0;
+  uint32_t buf_mask_ = 0;
+  int buf_pending_returns_ = 0;
+  std::vector<Connection*> starved_;  // multishot recv ended for lack of buffers
+
+  // Accepting.
+  int listen_fd_ = -1;
+  AcceptHandlerFactory accept_factory_;
+  bool accept_armed_ = false;
+  int64_t accept_retry_at_ = 0;
+
+  // Connections.
+  uint64_t next_conn_id_ = 1;
+  size_t live_connections_ = 0;
+  std::vector<Connection*> dirty_;
+  std::vector<Connection*> all_;  // index = slot; nullptr = free (for shutdown and timers)
+  std::vector<uint32_t> free_slots_;
+  absl::flat_hash_set<Connection*> zombies_;  // closed, waiting for their last completion
+
+  // Timers: a hashed wheel of tick-sized buckets. A connection has at most one live entry
+  // (Connection::wheel_due_); an entry that is not yet due when its bucket comes round is
+  // re-inserted, so deadlines beyond the wheel's horizon work too.
+  struct WheelEntry {
+    uint32_t slot;
+    uint64_t conn_id;
+    int64_t due_ms;
+  };
+  static constexpr size_t kWheelBuckets = 256;
+  std::vector<std::vector<WheelEntry>> wheel_{kWheelBuckets};
+  int64_t wheel_tick_ = 0;  // last tick processed
+  int64_t now_ms_ = 0;
+  __kernel_timespec tick_ts_{};
+
+  // Wake-ups.
+  std::atomic<bool> wake_pending_{false};
+  int event_fd_ = -1;
+  uint64_t event_buf_ = 0;
+  std::vector<std::function<void()>> pollers_;
+  std::vector<Task> deferred_;
+
+  // Shutdown.
+  bool stopping_ = false;
+  int64_t stop_deadline_ = 0;
+};
+
+}  // namespace parley::net

@@ -1,0 +1,77 @@
+// A WebSocket connection after the upgrade: frames in, frames out, heartbeats, close handshake.
+//
+// The session owns the RFC 6455 mechanics; what the text messages mean is the endpoint's
+// business (the JSON protocol, or the conformance echo). Guarantees:
+// - A protocol violation closes with the code the decoder names (1002/1003/1007/1009).
+// - The peer's close code is echoed, then the TCP connection is closed by the server.
+// - The server pings every heartbeat_ms and closes a connection silent for 2 x heartbeat_ms.
+// - Output beyond limits.max_outbound_bytes closes the connection with 4008 (slow consumer);
+//   nothing that matters is lost, because events are also in the user's inbox.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "parley/net/reactor.h"
+#include "parley/server/core_context.h"
+#include "parley/ws/frame_codec.h"
+
+namespace parley::server {
+
+class WsSession;
+
+// The application behind a WebSocket.
+class WsEndpoint {
+ public:
+  virtual ~WsEndpoint() = default;
+  // A complete, UTF-8 valid text message (valid only during the call).
+  virtual void OnText(WsSession& ws, std::string_view text) = 0;
+  // A complete binary message. The JSON protocol refuses them with 1003.
+  virtual void OnBinary(WsSession& ws, std::string_view data);
+  // The connection is gone; the session is about to be destroyed.
+  virtual void OnClosed(WsSession& ws) {}
+};
+
+class WsSession final : public net::ConnectionHandler, private ws::MessageSink {
+ public:
+  WsSession(CoreContext& ctx, net::Connection& conn, std::unique_ptr<WsEndpoint> endpoint);
+  ~WsSession() override;
+
+  // Sends one text / binary message. Returns false if the session is closing (or has just been
+  // closed for exceeding max_outbound_bytes).
+  bool SendText(std::string_view text);
+  bool SendBinary(std::string_view data);
+  // Starts the close handshake with `code` (1000-4999) and an optional reason.
+  void Close(uint16_t code, std::string_view reason = {});
+  bool closing() const { return close_sent_ || conn_.closing(); }
+
+  net::Connection& connection() { return conn_; }
+  CoreContext& context() { return ctx_; }
+  WsEndpoint& endpoint() { return *endpoint_; }
+
+ private:
+  // net::ConnectionHandler
+  size_t OnData(net::Connection& conn, std::span<char> data) override;
+  void OnDeadline(net::Connection& conn, int64_t now_ms) override;
+  void OnShutdown(net::Connection& conn) override;
+  void OnClosed(net::Connection& conn) override;
+  // ws::MessageSink
+  bool OnMessage(ws::Opcode opcode, std::string_view payload) override;
+  bool OnPing(std::string_view payload) override;
+  bool OnPong(std::string_view payload) override;
+  void OnClose(uint16_t code, std::string_view reason) override;
+
+  bool SendFrame(ws::Opcode opcode, std::string_view payload);
+  void ArmHeartbeat();
+
+  CoreContext& ctx_;
+  net::Connection& conn_;
+  std::unique_ptr<WsEndpoint> endpoint_;
+  ws::FrameDecoder decoder_;
+  int64_t last_rx_ms_ = 0;
+  int64_t last_ping_ms_ = 0;
+  bool close_sent_ = false;
+};
+
+}  // namespace parley::server

@@ -1,0 +1,89 @@
+// Group commit for one core: everything a reactor writes during one loop iteration goes to
+// disk in one batch, on a thread of its own, so fsync never runs on a reactor thread.
+//
+// Use (reactor thread only):
+//   writer.current().PutMessage(...);            // add operations during the iteration
+//   writer.OnCommit([](const absl::Status& s){...});  // runs once that batch is durable
+//   writer.Poll();                                // once per loop iteration (a reactor poller)
+// Poll first runs the callbacks of finished batches, in submission order, then hands the
+// current batch (if any) to the writer thread. The thread merges batches that queued up while
+// it was busy into one commit. When it has finished a commit it calls `notify` (the reactor's
+// Notify) so that Poll runs soon.
+//
+// Failure: if a commit fails (disk full, I/O error), its callbacks get the error, and so do
+// the callbacks of every batch submitted before Poll reported that failure (they may build on
+// state the failed batch was to persist). Batches submitted after it are attempted normally.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "parley/net/spsc_queue.h"
+#include "parley/store/store.h"
+
+namespace parley::store {
+
+class ShardWriter {
+ public:
+  using Callback = absl::AnyInvocable<void(const absl::Status&)>;
+
+  ShardWriter(Store& store, std::function<void()> notify);
+  ~ShardWriter();  // commits what was submitted, then stops the thread
+  ShardWriter(const ShardWriter&) = delete;
+  ShardWriter& operator=(const ShardWriter&) = delete;
+
+  Batch& current() { return current_; }
+  void OnCommit(Callback done) { current_callbacks_.push_back(std::move(done)); }
+  void Poll();
+
+  // True while anything is submitted and not yet completed (for shutdown draining).
+  bool busy() const { return in_flight_ != 0 || !current_.empty() || !current_callbacks_.empty(); }
+
+  // Figures for /metrics (read from any thread).
+  struct Stats {
+    std::atomic<uint64_t> commits{0};
+    std::atomic<uint64_t> batches{0};
+    std::atomic<uint64_t> failures{0};
+    std::atomic<uint64_t> bytes{0};
+    // Commit latency histogram, microseconds: bucket i counts commits < kBucketsUs[i].
+    static constexpr uint64_t kBucketsUs[] = {100, 250, 500, 1000, 2500, 5000, 10000,
+                                              25000, 50000, 100000, 250000, 1000000};
+    static constexpr size_t kBuckets = sizeof(kBucketsUs) / sizeof(kBucketsUs[0]);
+    std::atomic<uint64_t> latency_le[kBuckets + 1] = {};  // last = +Inf
+    std::atomic<uint64_t> latency_sum_us{0};
+  };
+  const Stats& stats() const { return stats_; }
+
+ private:
+  struct Job {
+    Batch batch;
+    uint64_t generation = 0;
+    absl::Status status;
+  };
+  void ThreadMain();
+
+  Store& store_;
+  std::function<void()> notify_;
+  Batch current_;
+  std::vector<Callback> current_callbacks_;
+  std::deque<std::vector<Callback>> waiting_callbacks_;  // per submitted job, in order
+  size_t in_flight_ = 0;
+  uint64_t generation_ = 0;  // bumped by Poll when it reports a failure
+
+  net::SpscQueue<std::unique_ptr<Job>> to_thread_{1024};
+  net::SpscQueue<std::unique_ptr<Job>> from_thread_{1024};
+  std::deque<std::unique_ptr<Job>> backlog_;  // when to_thread_ is full
+  std::atomic<uint64_t> submitted_{0};        // futex word the thread waits on
+  std::atomic<bool> stop_{false};
+  Stats stats_;
+  std::thread thread_;
+};
+
+}  // namespace parley::store

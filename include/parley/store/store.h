@@ -1,0 +1,183 @@
+// Durable state of one node: a single RocksDB instance with one column family per logical
+// shard.
+//
+// Placement: every key belongs to the logical shard of the entity that owns it (a user, or a
+// conversation; a group's metadata lives with its conversation "g:<group>"), chosen by
+// ShardOf(): StableHash(id) % kLogicalShards. The shard count and the hash never change, so
+// any core count (and, later, any node) finds the data. Keys are laid out for range scans:
+//   'L' conv 0x00 seq(be64)     -> MessageRecord      conversation log
+//   'I' user 0x00 inbox(be64)   -> InboxRecord        a user's inbox
+//   'X' user 0x00 cmid          -> DedupeRecord       sender's client-message ids
+//   'U' user 0x00 conv          -> UserConvRecord     the user's conversations
+//   'D' user 0x00 device        -> be64 cursor        per-device acknowledged inbox seq
+//   'P' conv                    -> (empty)            fan-out of this conversation in progress
+//   'G' group                   -> GroupRecord        group metadata and members
+// Values are compact binary records (varint lengths), versioned by a leading byte.
+//
+// Thread-safety: all reads may run on any thread. Writes go through a Batch; a Batch spans
+// column families, so a message, its dedupe entry and the fan-out marker commit atomically.
+// Compression: LZ4 for upper levels, ZSTD for the bottommost. Dedupe entries older than
+// StoreOptions::dedupe_ttl_ms are dropped by a compaction filter.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace rocksdb {
+class DB;
+class WriteBatch;
+class ColumnFamilyHandle;
+}  // namespace rocksdb
+
+namespace parley::store {
+
+inline constexpr int kLogicalShards = 64;
+
+// The logical shard of a user id, conversation id ("d:a:b", "g:x") or group ("g:" + group).
+int ShardOf(std::string_view id);
+
+struct StoreOptions {
+  std::string data_dir = "./data";
+  bool sync = true;                               // fsync each commit (storage.sync = "fsync")
+  uint64_t block_cache_bytes = 128ull << 20;
+  uint64_t write_buffer_bytes_total = 256ull << 20;  // all memtables together
+  int64_t dedupe_ttl_ms = 48ll * 3600 * 1000;     // protocol promises >= 24 h
+};
+
+struct MessageRecord {
+  std::string from;
+  std::string cmid;
+  int64_t ts = 0;
+  std::string body;
+  std::string meta_json;  // empty = none
+};
+
+// An inbox entry either points at a conversation message (conv, seq) or carries a whole
+// event (group membership changes), stored as JSON without its "inbox" field.
+struct InboxRecord {
+  std::string conv;
+  int64_t seq = 0;
+  std::string event_json;  // non-empty for stored events
+};
+
+struct DedupeRecord {
+  std::string conv;
+  int64_t seq = 0;
+  int64_t ts = 0;
+};
+
+struct UserConvRecord {
+  int64_t last_seq = 0;  // newest conversation seq appended to this user's inbox
+  int64_t last_ts = 0;   // its timestamp (conversation activity)
+  int64_t read_seq = 0;  // the user's read position
+  int64_t joined_seq = 0;  // for groups: the seq when the user joined (history is full anyway)
+};
+
+struct GroupRecord {
+  std::string name;
+  std::string owner;
+  std::vector<std::string> members;  // in order of standing (longest-standing first)
+  int64_t created_ts = 0;
+};
+
+class Store;
+
+// Operations to commit atomically. Not thread-safe; one per writer.
+class Batch {
+ public:
+  Batch();
+  ~Batch();
+  Batch(Batch&&) noexcept;
+  Batch& operator=(Batch&&) noexcept;
+
+  void PutMessage(std::string_view conv, int64_t seq, const MessageRecord& msg);
+  void PutDedupe(std::string_view sender, std::string_view cmid, const DedupeRecord& rec,
+                 int64_t now_ms);
+  void PutInbox(std::string_view user, int64_t inbox_seq, const InboxRecord& rec);
+  void PutUserConv(std::string_view user, std::string_view conv, const UserConvRecord& rec);
+  void PutDeviceCursor(std::string_view user, std::string_view device, int64_t cursor);
+  void PutPendingFanout(std::string_view conv);
+  void DeletePendingFanout(std::string_view conv);
+  void PutGroup(std::string_view group, const GroupRecord& rec);
+  void DeleteGroup(std::string_view group);
+
+  bool empty() const;
+  size_t ops() const { return ops_; }
+  size_t ByteSize() const;
+  void Clear();
+  // Appends every operation of `other` (merging queued batches into one commit).
+  void Append(const Batch& other);
+  rocksdb::WriteBatch* raw() { return batch_.get(); }
+
+ private:
+  friend class Store;
+  void Bind(Store* store);
+  Store* store_ = nullptr;  // set by Store::NewBatch
+  std::unique_ptr<rocksdb::WriteBatch> batch_;
+  size_t ops_ = 0;
+};
+
+class Store {
+ public:
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const StoreOptions& options);
+  ~Store();
+
+  const StoreOptions& options() const { return options_; }
+  Batch NewBatch();
+  // Commits a batch (blocking; with fsync when options().sync). Used by ShardWriter's thread
+  // and by start-up recovery; never call it on a reactor thread.
+  absl::Status Write(Batch& batch);
+
+  // ---- Reads (any thread). Missing entries are nullopt / 0 / empty. ----
+  absl::StatusOr<std::optional<DedupeRecord>> GetDedupe(std::string_view sender,
+                                                        std::string_view cmid);
+  absl::StatusOr<int64_t> LastConvSeq(std::string_view conv);
+  absl::StatusOr<int64_t> LastInboxSeq(std::string_view user);
+  absl::StatusOr<std::optional<MessageRecord>> GetMessage(std::string_view conv, int64_t seq);
+  // Up to `limit` messages with seq < before (before <= 0: the newest), ascending by seq;
+  // *more says whether older messages exist.
+  absl::Status ReadHistory(std::string_view conv, int64_t before, int limit,
+                           std::vector<std::pair<int64_t, MessageRecord>>* out, bool* more);
+  // Up to `limit` inbox entries with inbox seq > after, ascending; *more says whether
+  // entries after the last returned exist.
+  absl::Status ReadInbox(std::string_view user, int64_t after, int limit,
+                         std::vector<std::pair<int64_t, InboxRecord>>* out, bool* more);
+  absl::StatusOr<int64_t> GetDeviceCursor(std::string_view user, std::string_view device);
+  absl::StatusOr<std::optional<UserConvRecord>> GetUserConv(std::string_view user,
+                                                            std::string_view conv);
+  absl::Status ReadUserConvs(std::string_view user,
+                             std::vector<std::pair<std::string, UserConvRecord>>* out);
+  absl::StatusOr<std::optional<GroupRecord>> GetGroup(std::string_view group);
+  // Conversations with a fan-out marker, across all shards (start-up recovery).
+  absl::Status ListPendingFanout(std::vector<std::string>* convs);
+
+  // Storage figures for /metrics (estimates from RocksDB properties).
+  struct Stats {
+    uint64_t live_data_bytes = 0;
+    uint64_t memtable_bytes = 0;
+    uint64_t block_cache_bytes = 0;
+    uint64_t pending_compaction_bytes = 0;
+  };
+  Stats GetStats();
+
+  rocksdb::DB* db() { return db_.get(); }
+  rocksdb::ColumnFamilyHandle* shard(int s) { return shards_[s]; }
+
+ private:
+  explicit Store(StoreOptions options);
+  StoreOptions options_;
+  std::unique_ptr<rocksdb::DB> db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> shards_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace parley::store

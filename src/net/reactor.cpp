@@ -1,0 +1,573 @@
+#include "parley/net/reactor.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "parley/net/core_mesh.h"
+#include "parley/util/clock.h"
+
+namespace parley::net {
+
+namespace {
+// How long a closing connection keeps reading (and discarding) after its FIN, so that the
+// peer receives our last bytes (e.g. a close frame) before the socket is torn down.
+constexpr int64_t kLingerMs = 2000;
+// Back-off before re-arming accept after the process ran out of descriptors or memory.
+constexpr int64_t kAcceptRetryMs = 100;
+}  // namespace
+
+// ---- ConnectionHandler / Connection ----
+
+void ConnectionHandler::OnShutdown(Connection& conn) { conn.CloseAfterFlush(); }
+
+void Connection::Flush() { reactor_->MarkDirty(this); }
+void Connection::CloseAfterFlush() { reactor_->RequestClose(this, /*abort=*/false); }
+void Connection::Abort() { reactor_->RequestClose(this, /*abort=*/true); }
+
+void Connection::SetHandler(std::unique_ptr<ConnectionHandler> handler) {
+  retired_handler_ = std::move(handler_);
+  handler_ = std::move(handler);
+  if (!in_callback_) retired_handler_.reset();
+}
+
+void Connection::SetDeadline(int64_t mono_ms) {
+  deadline_ms_ = mono_ms;
+  if (mono_ms != 0 && (wheel_due_ == 0 || mono_ms < wheel_due_)) {
+    reactor_->ScheduleWheel(this, mono_ms);
+  }
+}
+
+// ---- Reactor ----
+
+Reactor::Reactor(int core, ReactorOptions options, CoreMesh* mesh)
+    : core_(core), options_(options), mesh_(mesh) {}
+
+Reactor::~Reactor() {
+  if (ring_ready_) io_uring_queue_exit(&ring_);  // cancels every request still in flight
+  for (Connection* conn : all_) {
+    if (conn == nullptr) continue;
+    if (!conn->closed_) ::close(conn->fd_);
+    delete conn;
+  }
+  for (Connection* conn : zombies_) delete conn;
+  if (buf_ring_ != nullptr) munmap(buf_ring_, buf_region_bytes_);
+  if (event_fd_ >= 0) ::close(event_fd_);
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+}
+
+absl::Status Reactor::Init() {
+  // Preferred set-up: one issuer, task work run only when we ask for completions. Fall back
+  // step by step for older kernels.
+  const unsigned cq_entries = options_.ring_entries * 4;
+  const unsigned attempts[] = {
+      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+      0,
+  };
+  int rc = -EINVAL;
+  for (unsigned flags : attempts) {
+    io_uring_params params{};
+    params.flags = flags | IORING_SETUP_CQSIZE;
+    params.cq_entries = cq_entries;
+    rc = io_uring_queue_init_params(options_.ring_entries, &ring_, &params);
+    if (rc == 0) {
+      features_.defer_taskrun = (flags & IORING_SETUP_DEFER_TASKRUN) != 0;
+      break;
+    }
+  }
+  if (rc != 0) return absl::InternalError(absl::StrCat("io_uring_queue_init: ", strerror(-rc)));
+  ring_ready_ = true;
+
+  if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
+    features_.msg_ring = io_uring_opcode_supported(probe, IORING_OP_MSG_RING);
+    io_uring_free_probe(probe);
+  }
+
+  // Provided buffer ring over our own mapping (liburing 2.3 has no io_uring_setup_buf_ring).
+  uint32_t count = 1;
+  while (count < options_.recv_buffer_count) count <<= 1;
+  buf_mask_ = io_uring_buf_ring_mask(count);
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t ring_bytes = (count * sizeof(io_uring_buf) + page - 1) / page * page;
+  buf_region_bytes_ = ring_bytes + static_cast<size_t>(count) * options_.recv_buffer_size;
+  void* mem = mmap(nullptr, buf_region_bytes_, PROT_READ | PROT_WRITE,
+                   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  if (mem == MAP_FAILED) return absl::ResourceExhaustedError("mmap of receive buffers failed");
+  buf_ring_ = static_cast<io_uring_buf_ring*>(mem);
+  buf_base_ = static_cast<char*>(mem) + ring_bytes;
+  io_uring_buf_ring_init(buf_ring_);
+  io_uring_buf_reg reg{};
+  reg.ring_addr = reinterpret_cast<uint64_t>(mem);
+  reg.ring_entries = count;
+  reg.bgid = 0;
+  rc = io_uring_register_buf_ring(&ring_, &reg, 0);
+  if (rc != 0) {
+    return absl::UnimplementedError(absl::StrCat(
+        "io_uring provided buffer rings are not supported by this kernel (needs Linux 5.19 or "
+        "newer): ",
+        strerror(-rc)));
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    io_uring_buf_ring_add(buf_ring_, buf_base_ + static_cast<size_t>(i) * options_.recv_buffer_size,
+                          options_.recv_buffer_size, static_cast<uint16_t>(i), buf_mask_,
+                          static_cast<int>(i));
+  }
+  io_uring_buf_ring_advance(buf_ring_, static_cast<int>(count));
+
+  event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (event_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
+  now_ms_ = MonoMillis();
+  wheel_tick_ = now_ms_ / options_.tick_ms;
+  return absl::OkStatus();
+}
+
+io_uring_sqe* Reactor::GetSqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  while (sqe == nullptr) {
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
+}
+
+void Reactor::Listen(int listen_fd, AcceptHandlerFactory factory) {
+  listen_fd_ = listen_fd;
+  accept_factory_ = std::move(factory);
+}
+
+void Reactor::ArmAccept() {
+  if (listen_fd_ < 0 || accept_armed_ || stopping_) return;
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_multishot_accept(sqe, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(sqe, kTagAccept);
+  accept_armed_ = true;
+}
+
+void Reactor::ArmRecv(Connection* conn) {
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_recv_multishot(sqe, conn->fd_, nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = 0;
+  io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(conn) | kTagRecv);
+  conn->recv_armed_ = true;
+  ++conn->ops_in_flight_;
+}
+
+void Reactor::ArmTimer() {
+  tick_ts_.tv_sec = options_.tick_ms / 1000;
+  tick_ts_.tv_nsec = (options_.tick_ms % 1000) * 1000000;
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_timeout(sqe, &tick_ts_, 0, 0);
+  io_uring_sqe_set_data64(sqe, kTagTimer);
+}
+
+void Reactor::ArmEventfdRead() {
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_read(sqe, event_fd_, &event_buf_, sizeof(event_buf_), 0);
+  io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(&event_buf_) | kTagWake);
+}
+
+void Reactor::Notify() {
+  if (!wake_pending_.exchange(true, std::memory_order_acq_rel)) {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(event_fd_, &one, sizeof(one));
+  }
+}
+
+void Reactor::WakeFrom(Reactor& source) {
+  if (source.features_.msg_ring && source.ring_ready_) {
+    // Posts a CQE straight into this ring; the sender's own completion is skipped.
+    io_uring_sqe* sqe = source.GetSqe();
+    io_uring_prep_msg_ring(sqe, ring_.ring_fd, 0, kTagWake, 0);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(sqe, kTagIgnore);
+    return;
+  }
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(event_fd_, &one, sizeof(one));
+}
+
+void Reactor::MarkDirty(Connection* conn) {
+  if (conn->dirty_ || conn->closed_) return;
+  conn->dirty_ = true;
+  dirty_.push_back(conn);
+}
+
+void Reactor::RequestClose(Connection* conn, bool abort) {
+  if (conn->closed_) return;
+  if (abort) {
+    conn->out_.clear();
+    CloseNow(conn);
+    return;
+  }
+  if (conn->closing_) return;
+  conn->closing_ = true;
+  if (!conn->send_in_flight_ && conn->out_.empty()) {
+    StartSend(conn);  // nothing to send: goes straight to the lingering close
+  } else {
+    MarkDirty(conn);
+  }
+}
+
+void Reactor::ScheduleWheel(Connection* conn, int64_t due_ms) {
+  conn->wheel_due_ = due_ms;
+  int64_t tick = due_ms / options_.tick_ms;
+  if (tick <= wheel_tick_) tick = wheel_tick_ + 1;
+  wheel_[static_cast<size_t>(tick) % kWheelBuckets].push_back({conn->slot_, conn->id_, due_ms});
+}
+
+void Reactor::Run() {
+  ArmTimer();
+  ArmEventfdRead();
+  ArmAccept();
+  while (true) {
+    // Clear the wake flag before draining: a task queued after this point wakes us again.
+    wake_pending_.store(false, std::memory_order_seq_cst);
+    bool more = false;
+    mesh_->Drain(core_, &more);
+    for (auto& poller : pollers_) poller();
+    RunDeferred();
+    if (!accept_armed_ && listen_fd_ >= 0 && !stopping_ && now_ms_ >= accept_retry_at_) {
+      ArmAccept();
+    }
+    if (!starved_.empty()) {
+      std::vector<Connection*> starved;
+      starved.swap(starved_);
+      for (Connection* conn : starved) {
+        --conn->ops_in_flight_;  // the reference the starved list held
+        if (!conn->closed_ && !conn->recv_armed_) ArmRecv(conn);
+        MaybeFree(conn);
+      }
+    }
+    FlushDirty();
+    if (stopping_ && (live_connections_ == 0 || now_ms_ >= stop_deadline_)) break;
+
+    if (more || !deferred_.empty()) {
+      io_uring_submit_and_get_events(&ring_);
+    } else {
+      io_uring_submit_and_wait(&ring_, 1);
+    }
+    now_ms_ = MonoMillis();
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      HandleCqe(cqe);
+      ++seen;
+    }
+    io_uring_cq_advance(&ring_, seen);
+    if (buf_pending_returns_ != 0) {
+      io_uring_buf_ring_advance(buf_ring_, buf_pending_returns_);
+      buf_pending_returns_ = 0;
+    }
+  }
+  // Whatever is left after the grace period is cut off.
+  for (Connection* conn : all_) {
+    if (conn != nullptr && !conn->closed_) CloseNow(conn);
+  }
+}
+
+void Reactor::BeginShutdown(int64_t grace_ms) {
+  if (stopping_) return;
+  stopping_ = true;
+  stop_deadline_ = now_ms_ + grace_ms;
+  if (listen_fd_ >= 0) {
+    if (accept_armed_) {
+      io_uring_sqe* sqe = GetSqe();
+      io_uring_prep_cancel64(sqe, kTagAccept, 0);
+      io_uring_sqe_set_data64(sqe, kTagIgnore);
+    }
+    ::shutdown(listen_fd_, SHUT_RDWR);
+  }
+  for (size_t i = 0; i < all_.size(); ++i) {
+    Connection* conn = all_[i];
+    if (conn == nullptr || conn->closed_ || conn->closing_) continue;
+    conn->in_callback_ = true;
+    conn->handler_->OnShutdown(*conn);
+    conn->in_callback_ = false;
+    conn->retired_handler_.reset();
+    MaybeFree(conn);
+  }
+}
+
+void Reactor::RunDeferred() {
+  while (!deferred_.empty()) {
+    std::vector<Task> tasks;
+    tasks.swap(deferred_);
+    for (auto& task : tasks) task();
+  }
+}
+
+void Reactor::HandleCqe(const io_uring_cqe* cqe) {
+  const uint64_t data = cqe->user_data;
+  const uint64_t tag = data & kTagMask;
+  switch (tag) {
+    case kTagAccept:
+      OnAccept(cqe->res, cqe->flags);
+      break;
+    case kTagRecv:
+      OnRecv(reinterpret_cast<Connection*>(data & ~kTagMask), cqe->res, cqe->flags);
+      break;
+    case kTagSend:
+      OnSend(reinterpret_cast<Connection*>(data & ~kTagMask), cqe->res);
+      break;
+    case kTagTimer:
+      OnTimer();
+      ArmTimer();
+      break;
+    case kTagWake:
+      // A MSG_RING wake carries no pointer; the eventfd read does and must be re-armed.
+      if ((data & ~kTagMask) != 0) ArmEventfdRead();
+      break;
+    default:
+      break;
+  }
+}
+
+void Reactor::OnAccept(int res, uint32_t flags) {
+  if (!(flags & IORING_CQE_F_MORE)) accept_armed_ = false;
+  if (res < 0) {
+    if (res != -ECANCELED && res != -EINVAL) {
+      // EMFILE, ENFILE, ENOBUFS, ENOMEM: leave pending connections in the backlog and retry
+      // shortly instead of spinning.
+      accept_armed_ = false;
+      accept_retry_at_ = now_ms_ + kAcceptRetryMs;
+    }
+    return;
+  }
+  const int fd = res;
+  if (stopping_ || live_connections_ >= options_.max_connections) {
+    ::close(fd);
+    return;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  auto* conn = new Connection(this, fd, (static_cast<uint64_t>(core_) << 56) | next_conn_id_++);
+  if (free_slots_.empty()) {
+    conn->slot_ = static_cast<uint32_t>(all_.size());
+    all_.push_back(conn);
+  } else {
+    conn->slot_ = free_slots_.back();
+    free_slots_.pop_back();
+    all_[conn->slot_] = conn;
+  }
+  ++live_connections_;
+  conn->in_callback_ = true;
+  conn->handler_ = accept_factory_(*conn);
+  conn->in_callback_ = false;
+  if (!conn->closed_) ArmRecv(conn);
+  MaybeFree(conn);
+}
+
+void Reactor::OnRecv(Connection* conn, int res, uint32_t flags) {
+  const bool more = (flags & IORING_CQE_F_MORE) != 0;
+  if (!more) {
+    conn->recv_armed_ = false;
+    --conn->ops_in_flight_;
+  }
+  if (res > 0) {
+    const uint16_t bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    char* data = buf_base_ + static_cast<size_t>(bid) * options_.recv_buffer_size;
+    if (conn->closing_ && !conn->closed_) {
+      // Lingering after our FIN: discard.
+    } else if (!conn->closed_) {
+      Deliver(conn, data, static_cast<size_t>(res));
+    }
+    RecycleBuffer(bid);
+    if (!more && !conn->closed_) ArmRecv(conn);
+  } else if (res == -ENOBUFS) {
+    // Every buffer of this core is in use; retry once some come back.
+    if (!conn->closed_ && !more) {
+      ++conn->ops_in_flight_;
+      starved_.push_back(conn);
+    }
+  } else if (!conn->closed_) {
+    CloseNow(conn);  // EOF, reset or cancellation
+  }
+  MaybeFree(conn);
+}
+
+void Reactor::Deliver(Connection* conn, char* data, size_t len) {
+  conn->in_callback_ = true;
+  auto process = [conn](std::span<char> input) {
+    size_t off = 0;
+    while (off < input.size() && !conn->closing_ && !conn->closed_) {
+      ConnectionHandler* handler = conn->handler_.get();
+      off += handler->OnData(*conn, input.subspan(off));
+      if (conn->handler_.get() == handler) break;  // same handler took what it could
+    }
+    return off;
+  };
+  if (conn->in_.empty()) {
+    const size_t used = process(std::span<char>(data, len));
+    if (used < len && !conn->closing_ && !conn->closed_) conn->in_.assign(data + used, len - used);
+  } else {
+    conn->in_.append(data, len);
+    const size_t used = process(std::span<char>(conn->in_.data(), conn->in_.size()));
+    if (conn->closing_ || conn->closed_ || used >= conn->in_.size()) {
+      std::string().swap(conn->in_);
+    } else {
+      conn->in_.erase(0, used);
+    }
+  }
+  conn->in_callback_ = false;
+  conn->retired_handler_.reset();
+}
+
+void Reactor::RecycleBuffer(uint16_t bid) {
+  io_uring_buf_ring_add(buf_ring_, buf_base_ + static_cast<size_t>(bid) * options_.recv_buffer_size,
+                        options_.recv_buffer_size, bid, buf_mask_, buf_pending_returns_);
+  ++buf_pending_returns_;
+}
+
+void Reactor::FlushDirty() {
+  // Handlers may write to other connections while we flush; iterate by index.
+  for (size_t i = 0; i < dirty_.size(); ++i) {
+    Connection* conn = dirty_[i];
+    conn->dirty_ = false;
+    if (!conn->closed_ && !conn->send_in_flight_) StartSend(conn);
+    MaybeFree(conn);
+  }
+  dirty_.clear();
+}
+
+void Reactor::StartSend(Connection* conn) {
+  if (conn->closed_) return;
+  if (conn->out_.empty()) {
+    if (conn->closing_) {
+      // Everything is sent: half-close and keep reading briefly so the peer gets our last
+      // bytes rather than a reset.
+      ::shutdown(conn->fd_, SHUT_WR);
+      if (conn->recv_armed_) {
+        conn->SetDeadline(now_ms_ + kLingerMs);
+      } else {
+        CloseNow(conn);
+      }
+    }
+    return;
+  }
+  conn->inflight_.swap(conn->out_);
+  conn->out_.clear();
+  conn->inflight_sent_ = 0;
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_send(sqe, conn->fd_, conn->inflight_.data(), conn->inflight_.size(), MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(conn) | kTagSend);
+  conn->send_in_flight_ = true;
+  ++conn->ops_in_flight_;
+}
+
+void Reactor::OnSend(Connection* conn, int res) {
+  --conn->ops_in_flight_;
+  conn->send_in_flight_ = false;
+  if (conn->closed_) {
+    MaybeFree(conn);
+    return;
+  }
+  if (res < 0) {
+    CloseNow(conn);  // EPIPE, ECONNRESET: the peer is gone
+    MaybeFree(conn);
+    return;
+  }
+  conn->inflight_sent_ += static_cast<size_t>(res);
+  if (conn->inflight_sent_ < conn->inflight_.size()) {
+    // Short send: finish this buffer first, so out_ always starts on a message boundary.
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_send(sqe, conn->fd_, conn->inflight_.data() + conn->inflight_sent_,
+                       conn->inflight_.size() - conn->inflight_sent_, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(conn) | kTagSend);
+    conn->send_in_flight_ = true;
+    ++conn->ops_in_flight_;
+    return;
+  }
+  // Idle connections keep no output buffer.
+  std::string().swap(conn->inflight_);
+  conn->inflight_sent_ = 0;
+  if (!conn->out_.empty() || conn->closing_) {
+    StartSend(conn);
+  } else {
+    conn->in_callback_ = true;
+    conn->handler_->OnDrained(*conn);
+    conn->in_callback_ = false;
+    conn->retired_handler_.reset();
+  }
+  MaybeFree(conn);
+}
+
+void Reactor::OnTimer() {
+  const int64_t current = now_ms_ / options_.tick_ms;
+  int64_t from = wheel_tick_ + 1;
+  if (current - from >= static_cast<int64_t>(kWheelBuckets)) {
+    from = current - static_cast<int64_t>(kWheelBuckets) + 1;
+  }
+  wheel_tick_ = current;
+  for (int64_t t = from; t <= current; ++t) {
+    std::vector<WheelEntry> bucket;
+    bucket.swap(wheel_[static_cast<size_t>(t) % kWheelBuckets]);
+    for (const WheelEntry& entry : bucket) {
+      if (entry.slot >= all_.size()) continue;
+      Connection* conn = all_[entry.slot];
+      if (conn == nullptr || conn->id_ != entry.conn_id || conn->wheel_due_ != entry.due_ms) {
+        continue;  // stale: the connection is gone or was rescheduled
+      }
+      conn->wheel_due_ = 0;
+      if (conn->deadline_ms_ == 0 || conn->closed_) continue;
+      if (conn->deadline_ms_ > now_ms_) {
+        ScheduleWheel(conn, conn->deadline_ms_);
+        continue;
+      }
+      conn->deadline_ms_ = 0;
+      if (conn->closing_) {
+        CloseNow(conn);  // linger period over
+      } else {
+        conn->in_callback_ = true;
+        conn->handler_->OnDeadline(*conn, now_ms_);
+        conn->in_callback_ = false;
+        conn->retired_handler_.reset();
+      }
+      MaybeFree(conn);
+    }
+    // Keep the bucket's capacity if nothing was re-inserted meanwhile.
+    auto& slot = wheel_[static_cast<size_t>(t) % kWheelBuckets];
+    if (slot.empty()) {
+      bucket.clear();
+      slot.swap(bucket);
+    }
+  }
+}
+
+void Reactor::CloseNow(Connection* conn) {
+  if (conn->closed_) return;
+  conn->closed_ = true;
+  conn->closing_ = true;
+  if (conn->recv_armed_) {
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(conn) | kTagRecv, 0);
+    io_uring_sqe_set_data64(sqe, kTagIgnore);
+  }
+  ::close(conn->fd_);
+  all_[conn->slot_] = nullptr;
+  free_slots_.push_back(conn->slot_);
+  zombies_.insert(conn);  // until its last completion arrives (MaybeFree)
+  --live_connections_;
+  const bool was_in_callback = conn->in_callback_;
+  conn->in_callback_ = true;
+  conn->handler_->OnClosed(*conn);
+  conn->in_callback_ = was_in_callback;
+}
+
+void Reactor::MaybeFree(Connection* conn) {
+  if (conn->closed_ && conn->ops_in_flight_ == 0 && !conn->in_callback_ && !conn->dirty_) {
+    zombies_.erase(conn);
+    delete conn;
+  }
+}
+
+}  // namespace parley::net
