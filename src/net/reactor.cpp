@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -243,12 +244,16 @@ void Reactor::Run() {
       starved.swap(starved_);
       for (Connection* conn : starved) {
         --conn->ops_in_flight_;  // the reference the starved list held
-        if (!conn->closed_ && !conn->recv_armed_) ArmRecv(conn);
+        if (!conn->closed_ && !conn->recv_armed_ && !conn->detaching_) ArmRecv(conn);
         MaybeFree(conn);
       }
     }
     FlushDirty();
-    if (stopping_ && (live_connections_ == 0 || now_ms_ >= stop_deadline_)) break;
+    if (stopping_) {
+      bool busy = live_connections_ != 0;
+      for (auto& check : drain_checks_) busy = busy || check();
+      if (!busy || now_ms_ >= stop_deadline_) break;
+    }
 
     if (more || !deferred_.empty()) {
       io_uring_submit_and_get_events(&ring_);
@@ -289,7 +294,7 @@ void Reactor::BeginShutdown(int64_t grace_ms) {
   }
   for (size_t i = 0; i < all_.size(); ++i) {
     Connection* conn = all_[i];
-    if (conn == nullptr || conn->closed_ || conn->closing_) continue;
+    if (conn == nullptr || conn->closed_ || conn->closing_ || conn->detaching_) continue;
     conn->in_callback_ = true;
     conn->handler_->OnShutdown(*conn);
     conn->in_callback_ = false;
@@ -350,6 +355,15 @@ void Reactor::OnAccept(int res, uint32_t flags) {
   }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  Connection* conn = NewConnection(fd);
+  conn->in_callback_ = true;
+  conn->handler_ = accept_factory_(*conn);
+  conn->in_callback_ = false;
+  if (!conn->closed_) ArmRecv(conn);
+  MaybeFree(conn);
+}
+
+Connection* Reactor::NewConnection(int fd) {
   auto* conn = new Connection(this, fd, (static_cast<uint64_t>(core_) << 56) | next_conn_id_++);
   if (free_slots_.empty()) {
     conn->slot_ = static_cast<uint32_t>(all_.size());
@@ -360,11 +374,60 @@ void Reactor::OnAccept(int res, uint32_t flags) {
     all_[conn->slot_] = conn;
   }
   ++live_connections_;
-  conn->in_callback_ = true;
-  conn->handler_ = accept_factory_(*conn);
-  conn->in_callback_ = false;
-  if (!conn->closed_) ArmRecv(conn);
+  return conn;
+}
+
+void Reactor::Detach(Connection* conn, absl::AnyInvocable<void(DetachedSocket)> done) {
+  if (conn->closed_ || conn->detaching_) return;
+  conn->detaching_ = true;
+  conn->deadline_ms_ = 0;
+  detaching_[conn] = std::move(done);
+  if (conn->recv_armed_) {
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(conn) | kTagRecv, 0);
+    io_uring_sqe_set_data64(sqe, kTagIgnore);
+  }
   MaybeFree(conn);
+}
+
+void Reactor::FinishDetach(Connection* conn) {
+  auto it = detaching_.find(conn);
+  auto done = std::move(it->second);
+  detaching_.erase(it);
+  DetachedSocket socket;
+  socket.fd = conn->fd_;
+  socket.input = std::move(conn->in_);
+  socket.output = std::move(conn->out_);
+  all_[conn->slot_] = nullptr;
+  free_slots_.push_back(conn->slot_);
+  --live_connections_;
+  delete conn;
+  done(std::move(socket));
+}
+
+void Reactor::Adopt(DetachedSocket socket, const AcceptHandlerFactory& factory) {
+  if (stopping_) {
+    ::close(socket.fd);
+    return;
+  }
+  Connection* conn = NewConnection(socket.fd);
+  conn->out_ = std::move(socket.output);
+  conn->in_callback_ = true;
+  conn->handler_ = factory(*conn);
+  conn->in_callback_ = false;
+  if (!conn->out_.empty()) MarkDirty(conn);
+  if (conn->closed_) {
+    MaybeFree(conn);
+    return;
+  }
+  ArmRecv(conn);
+  if (!socket.input.empty()) Deliver(conn, socket.input.data(), socket.input.size());
+  MaybeFree(conn);
+}
+
+void Reactor::RunAfter(int64_t delay_ms, Task task) {
+  timers_.push_back({now_ms_ + delay_ms, timer_order_++, std::make_shared<Task>(std::move(task))});
+  std::push_heap(timers_.begin(), timers_.end(), std::greater<>());
 }
 
 void Reactor::OnRecv(Connection* conn, int res, uint32_t flags) {
@@ -376,21 +439,26 @@ void Reactor::OnRecv(Connection* conn, int res, uint32_t flags) {
   if (res > 0) {
     const uint16_t bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
     char* data = buf_base_ + static_cast<size_t>(bid) * options_.recv_buffer_size;
-    if (conn->closing_ && !conn->closed_) {
+    if (conn->detaching_) {
+      conn->in_.append(data, static_cast<size_t>(res));  // travels with the socket
+    } else if (conn->closing_ && !conn->closed_) {
       // Lingering after our FIN: discard.
     } else if (!conn->closed_) {
       Deliver(conn, data, static_cast<size_t>(res));
     }
     RecycleBuffer(bid);
-    if (!more && !conn->closed_) ArmRecv(conn);
+    if (!more && !conn->closed_ && !conn->detaching_) ArmRecv(conn);
   } else if (res == -ENOBUFS) {
     // Every buffer of this core is in use; retry once some come back.
     if (!conn->closed_ && !more) {
       ++conn->ops_in_flight_;
       starved_.push_back(conn);
     }
+  } else if (conn->detaching_ && res == -ECANCELED) {
+    // Reading stopped for the hand-over.
   } else if (!conn->closed_) {
-    CloseNow(conn);  // EOF, reset or cancellation
+    // EOF, reset or cancellation. A socket in hand-over goes on: its new core sees the EOF.
+    if (!conn->detaching_) CloseNow(conn);
   }
   MaybeFree(conn);
 }
@@ -399,7 +467,7 @@ void Reactor::Deliver(Connection* conn, char* data, size_t len) {
   conn->in_callback_ = true;
   auto process = [conn](std::span<char> input) {
     size_t off = 0;
-    while (off < input.size() && !conn->closing_ && !conn->closed_) {
+    while (off < input.size() && !conn->closing_ && !conn->closed_ && !conn->detaching_) {
       ConnectionHandler* handler = conn->handler_.get();
       off += handler->OnData(*conn, input.subspan(off));
       if (conn->handler_.get() == handler) break;  // same handler took what it could
@@ -433,7 +501,7 @@ void Reactor::FlushDirty() {
   for (size_t i = 0; i < dirty_.size(); ++i) {
     Connection* conn = dirty_[i];
     conn->dirty_ = false;
-    if (!conn->closed_ && !conn->send_in_flight_) StartSend(conn);
+    if (!conn->closed_ && !conn->send_in_flight_ && !conn->detaching_) StartSend(conn);
     MaybeFree(conn);
   }
   dirty_.clear();
@@ -490,7 +558,9 @@ void Reactor::OnSend(Connection* conn, int res) {
   // Idle connections keep no output buffer.
   std::string().swap(conn->inflight_);
   conn->inflight_sent_ = 0;
-  if (!conn->out_.empty() || conn->closing_) {
+  if (conn->detaching_) {
+    // The rest of the output travels with the socket.
+  } else if (!conn->out_.empty() || conn->closing_) {
     StartSend(conn);
   } else {
     conn->in_callback_ = true;
@@ -502,6 +572,12 @@ void Reactor::OnSend(Connection* conn, int res) {
 }
 
 void Reactor::OnTimer() {
+  while (!timers_.empty() && timers_.front().due_ms <= now_ms_) {
+    std::pop_heap(timers_.begin(), timers_.end(), std::greater<>());
+    std::shared_ptr<Task> task = std::move(timers_.back().task);
+    timers_.pop_back();
+    (*task)();
+  }
   const int64_t current = now_ms_ / options_.tick_ms;
   int64_t from = wheel_tick_ + 1;
   if (current - from >= static_cast<int64_t>(kWheelBuckets)) {
@@ -564,6 +640,10 @@ void Reactor::CloseNow(Connection* conn) {
 }
 
 void Reactor::MaybeFree(Connection* conn) {
+  if (conn->detaching_ && conn->ops_in_flight_ == 0 && !conn->in_callback_ && !conn->dirty_) {
+    FinishDetach(conn);
+    return;
+  }
   if (conn->closed_ && conn->ops_in_flight_ == 0 && !conn->in_callback_ && !conn->dirty_) {
     zombies_.erase(conn);
     delete conn;

@@ -1,6 +1,15 @@
 #include "parley/server/http_session.h"
 
+#include <openssl/crypto.h>
+#include <simdjson.h>
+
+#include "absl/strings/match.h"
+#include "parley/chat/errors.h"
 #include "parley/http/response.h"
+#include "parley/proto/frames.h"
+#include "parley/proto/request.h"
+#include "parley/util/ids.h"
+#include "parley/util/json_writer.h"
 #include "parley/server/echo_endpoint.h"
 #include "parley/server/web_assets.h"
 #include "parley/ws/handshake.h"
@@ -23,11 +32,12 @@ HttpSession::HttpSession(CoreContext& ctx, const HttpRoutes& routes, net::Connec
   conn_.SetDeadline(ctx_.reactor->now_ms() + ctx_.config->limits.handshake_timeout_ms);
 }
 
-HttpSession::~HttpSession() = default;
+HttpSession::~HttpSession() {
+  *alive_ = false; ctx_.metrics->Add(ctx_.metrics->connections, -1); }
 
 size_t HttpSession::OnData(net::Connection& conn, std::span<char> data) {
   size_t used = 0;
-  while (used < data.size() && !conn_.closing() && conn_.handler() == this) {
+  while (used < data.size() && !conn_.closing() && conn_.handler() == this && !awaiting_) {
     std::string_view buf(data.data() + used, data.size() - used);
     http::Request req;
     http::ParseOutcome outcome = parser_.Parse(buf, &req);
@@ -56,9 +66,8 @@ size_t HttpSession::OnData(net::Connection& conn, std::span<char> data) {
   return used;
 }
 
-void HttpSession::OnClosed(net::Connection&) { ctx_.metrics->Add(ctx_.metrics->connections, -1); }
-
 void HttpSession::OnDeadline(net::Connection&, int64_t) {
+  if (awaiting_) return;  // the server is working on the answer
   keep_alive_ = false;
   Respond(408, kText, "request head not received in time");
 }
@@ -85,6 +94,10 @@ void HttpSession::Route(const http::Request& req, std::string_view body) {
     }
     return;
   }
+  if (path == "/api/v1/send") {
+    if (req.method != "POST") return Respond(405, kText, "use POST", "Allow: POST\r\n");
+    return AdminSend(req, body);
+  }
   if (path == "/healthz") {
     if (!get) return Respond(405, kText, "use GET", "Allow: GET, HEAD\r\n");
     return Respond(200, kJson, R"({"status":"ok"})");
@@ -98,6 +111,91 @@ void HttpSession::Route(const http::Request& req, std::string_view body) {
     return Respond(200, asset->content_type, asset->body, "Cache-Control: no-cache\r\n");
   }
   Respond(404, kText, "not found");
+}
+
+namespace {
+int HttpStatusFor(const absl::Status& st) {
+  switch (st.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange: return 400;
+    case absl::StatusCode::kPermissionDenied: return 403;
+    case absl::StatusCode::kNotFound: return 404;
+    case absl::StatusCode::kAlreadyExists: return 409;
+    case absl::StatusCode::kResourceExhausted: return 429;
+    case absl::StatusCode::kUnavailable: return 503;
+    default: return 500;
+  }
+}
+
+std::string ErrorBody(std::string_view code, std::string_view message) {
+  std::string out;
+  JsonObjectWriter(&out).Str("code", code).Str("message", message).Close();
+  return out;
+}
+}  // namespace
+
+void HttpSession::AdminSend(const http::Request& req, std::string_view body) {
+  // One request per connection for the admin API: the answer is asynchronous.
+  keep_alive_ = false;
+  const std::string& token = ctx_.config->auth.admin_token;
+  std::string_view auth = req.Find("Authorization");
+  constexpr std::string_view kBearer = "Bearer ";
+  const bool authorized =
+      !token.empty() && absl::StartsWith(auth, kBearer) &&
+      auth.size() - kBearer.size() == token.size() &&
+      CRYPTO_memcmp(auth.data() + kBearer.size(), token.data(), token.size()) == 0;
+  if (!authorized) {
+    return Respond(401, kJson, ErrorBody("unauthenticated", "a valid admin bearer token is required"),
+                   "WWW-Authenticate: Bearer\r\n");
+  }
+  // The body is a send request without "op" plus "from": decode it with the protocol's own
+  // rules by reading it as {"op":"send", ...}.
+  size_t brace = body.find_first_not_of(" \t\r\n");
+  if (brace == std::string_view::npos || body[brace] != '{') {
+    return Respond(400, kJson, ErrorBody("bad_request", "body must be a JSON object"));
+  }
+  std::string_view rest = body.substr(brace + 1);
+  const bool empty_object = rest.find_first_not_of(" \t\r\n") != std::string_view::npos &&
+                            rest[rest.find_first_not_of(" \t\r\n")] == '}';
+  std::string json = absl::StrCat("{\"op\":\"send\"", empty_object ? "" : ",", rest);
+  simdjson::padded_string padded(json);
+  proto::Request send;
+  proto::DecodeError err;
+  proto::DecodeLimits limits;
+  limits.max_body_bytes = ctx_.config->limits.max_body_bytes;
+  limits.max_meta_bytes = ctx_.config->limits.max_meta_bytes;
+  if (!proto::DecodeRequest(ctx_.json_parser, padded, limits, &send, &err)) {
+    return Respond(400, kJson, ErrorBody(err.code, err.message));
+  }
+  chat::SendArgs args;
+  args.to = send.to;
+  args.group = send.group;
+  args.cmid = send.cmid;
+  args.body = send.body;
+  args.meta_json = send.meta_json;
+  args.admin = true;
+  // "from" is not part of the send op: read it separately.
+  simdjson::ondemand::document doc;
+  std::string_view from;
+  if (ctx_.json_parser.iterate(padded).get(doc) || doc["from"].get_string().get(from) ||
+      !IsValidId(from)) {
+    return Respond(400, kJson,
+                   ErrorBody("bad_request", "from must be 1-64 bytes of [A-Za-z0-9_.@-]"));
+  }
+  args.from = from;
+  awaiting_ = true;
+  ctx_.engine->Send(std::move(args), ctx_.core, [alive = alive_, this](chat::SendResult r) {
+    if (!*alive) return;  // the client went away
+    awaiting_ = false;
+    if (!r.status.ok()) {
+      return Respond(HttpStatusFor(r.status), kJson,
+                     ErrorBody(chat::ProtocolCode(r.status), r.status.message()));
+    }
+    std::string out;
+    JsonObjectWriter(&out).Str("op", "ok").Str("conv", r.conv).Int("seq", r.seq).Int("ts", r.ts)
+        .Bool("dup", r.dup).Close();
+    Respond(200, kJson, out);
+  });
 }
 
 void HttpSession::Upgrade(const http::Request& req, std::unique_ptr<WsEndpoint> endpoint) {

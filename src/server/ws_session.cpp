@@ -1,5 +1,7 @@
 #include "parley/server/ws_session.h"
 
+#include <algorithm>
+
 #include "parley/util/clock.h"
 
 namespace parley::server {
@@ -10,20 +12,60 @@ void WsEndpoint::OnBinary(WsSession& ws, std::string_view) {
 
 WsSession::WsSession(CoreContext& ctx, net::Connection& conn,
                      std::unique_ptr<WsEndpoint> endpoint)
-    : ctx_(ctx),
-      conn_(conn),
-      endpoint_(std::move(endpoint)),
-      decoder_(ctx.config->limits.max_message_bytes) {
+    : WsSession(ctx, conn, std::move(endpoint),
+                ws::FrameDecoder(ctx.config->limits.max_message_bytes)) {}
+
+WsSession::WsSession(CoreContext& ctx, net::Connection& conn,
+                     std::unique_ptr<WsEndpoint> endpoint, ws::FrameDecoder decoder)
+    : ctx_(ctx), conn_(conn), endpoint_(std::move(endpoint)), decoder_(std::move(decoder)) {
   last_rx_ms_ = last_ping_ms_ = ctx_.reactor->now_ms();
   ctx_.metrics->Add(ctx_.metrics->websockets, 1);
+  ctx_.metrics->Add(ctx_.metrics->connections, 1);
   ArmHeartbeat();
 }
 
-WsSession::~WsSession() = default;
+WsSession::~WsSession() {
+  ctx_.metrics->Add(ctx_.metrics->websockets, -1);
+  ctx_.metrics->Add(ctx_.metrics->connections, -1);
+}
+
+void WsSession::SetExpiry(int64_t mono_ms) {
+  expiry_ms_ = mono_ms;
+  ArmHeartbeat();
+}
+
+void WsSession::MigrateTo(int target, AdoptFn adopt) {
+  migrate_to_ = target;
+  migrate_adopt_ = std::move(adopt);
+}
+
+void WsSession::StartMigration() {
+  CoreContext* target = (*ctx_.all)[migrate_to_];
+  net::CoreMesh* mesh = ctx_.mesh;
+  const int from = ctx_.core;
+  auto carry = [target, mesh, from, decoder = std::move(decoder_),
+                adopt = std::move(migrate_adopt_)](net::DetachedSocket socket) mutable {
+    // The explicit hop: the socket and its session state move to the owner core.
+    mesh->SubmitTo(from, target->core, [target, socket = std::move(socket),
+                                        decoder = std::move(decoder),
+                                        adopt = std::move(adopt)]() mutable {
+      target->reactor->Adopt(std::move(socket), [&](net::Connection& conn) {
+        auto ws = std::make_unique<WsSession>(*target, conn, nullptr, std::move(decoder));
+        ws->endpoint_ = adopt(*target, *ws);
+        return ws;
+      });
+    });
+  };
+  ctx_.reactor->Detach(&conn_, std::move(carry));
+}
 
 size_t WsSession::OnData(net::Connection& conn, std::span<char> data) {
   last_rx_ms_ = ctx_.reactor->now_ms();
   ws::DecodeResult result = decoder_.Decode(data, *this);
+  if (migrate_to_ >= 0 && result.fail_code == 0) {
+    StartMigration();  // after Decode returned: the decoder's state is settled
+    return result.consumed;
+  }
   if (result.fail_code != 0) {
     ctx_.metrics->Add(ctx_.metrics->ws_protocol_errors);
     Close(result.fail_code, result.fail_reason);
@@ -40,7 +82,7 @@ bool WsSession::OnMessage(ws::Opcode opcode, std::string_view payload) {
   } else {
     endpoint_->OnBinary(*this, payload);
   }
-  return !closing();
+  return !closing() && migrate_to_ < 0;
 }
 
 bool WsSession::OnPing(std::string_view payload) {
@@ -103,11 +145,17 @@ void WsSession::ArmHeartbeat() {
   const int64_t hb = ctx_.config->limits.heartbeat_ms;
   const int64_t next_ping = last_ping_ms_ + hb;
   const int64_t idle_limit = last_rx_ms_ + 2 * hb;
-  conn_.SetDeadline(std::min(next_ping, idle_limit));
+  int64_t due = std::min(next_ping, idle_limit);
+  if (expiry_ms_ != 0) due = std::min(due, expiry_ms_);
+  conn_.SetDeadline(due);
 }
 
 void WsSession::OnDeadline(net::Connection&, int64_t now_ms) {
   const int64_t hb = ctx_.config->limits.heartbeat_ms;
+  if (expiry_ms_ != 0 && now_ms >= expiry_ms_) {
+    Close(4003, "token expired");
+    return;
+  }
   if (now_ms - last_rx_ms_ >= 2 * hb) {
     Close(ws::close_code::kPolicyViolation, "heartbeat timeout");
     return;
@@ -122,8 +170,6 @@ void WsSession::OnDeadline(net::Connection&, int64_t now_ms) {
 void WsSession::OnShutdown(net::Connection&) { Close(ws::close_code::kGoingAway, "server shutting down"); }
 
 void WsSession::OnClosed(net::Connection&) {
-  ctx_.metrics->Add(ctx_.metrics->websockets, -1);
-  ctx_.metrics->Add(ctx_.metrics->connections, -1);  // counted when the HTTP session began
   endpoint_->OnClosed(*this);
 }
 

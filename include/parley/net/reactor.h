@@ -24,6 +24,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
@@ -78,6 +79,7 @@ class Connection {
   // Closes at once, discarding unsent output.
   void Abort();
   bool closing() const { return closing_; }
+  bool detaching() const { return detaching_; }
 
   // Replaces the protocol handler (e.g. HTTP -> WebSocket). Safe inside OnData: the old
   // handler is destroyed after the current callback returns.
@@ -114,6 +116,7 @@ class Connection {
   bool dirty_ = false;
   bool closing_ = false;     // no more reads; close once output is sent
   bool closed_ = false;      // fd closed / peer gone; waiting for ops to finish
+  bool detaching_ = false;   // being handed to another core (Reactor::Detach)
   bool in_callback_ = false;
 };
 
@@ -130,6 +133,15 @@ struct ReactorFeatures {
   bool msg_ring = false;        // IORING_OP_MSG_RING for cross-core wake-ups
   bool defer_taskrun = false;   // IORING_SETUP_DEFER_TASKRUN | SINGLE_ISSUER
   bool multishot_accept = true;
+};
+
+// A socket handed from one core to another (e.g. to the core that owns the user after
+// `hello`): the descriptor plus bytes already read but not consumed, and bytes written but not
+// yet sent. Nothing is lost or reordered in the hand-over.
+struct DetachedSocket {
+  int fd = -1;
+  std::string input;
+  std::string output;
 };
 
 // Creates the handler for a newly accepted connection.
@@ -161,6 +173,21 @@ class Reactor {
 
   // Loop thread: runs `task` on this reactor after the current event (never re-entrantly).
   void Defer(Task task) { deferred_.push_back(std::move(task)); }
+
+  // Loop thread: runs `task` once `delay_ms` has passed (tick resolution).
+  void RunAfter(int64_t delay_ms, Task task);
+
+  // Loop thread: Run keeps going during shutdown while any check returns true (e.g. a storage
+  // writer with commits in flight), up to the grace deadline.
+  void AddDrainCheck(std::function<bool()> busy) { drain_checks_.push_back(std::move(busy)); }
+
+  // Loop thread: stops reading `conn`, waits for its in-flight operations, and passes the socket
+  // to `done` (still on this thread). The connection's handler is destroyed; the caller must
+  // have taken whatever state it needs to carry over first.
+  void Detach(Connection* conn, absl::AnyInvocable<void(DetachedSocket)> done);
+  // Loop thread: takes over a detached socket. `factory` creates the handler; pending output is
+  // sent first, then pending input is delivered to the handler.
+  void Adopt(DetachedSocket socket, const AcceptHandlerFactory& factory);
 
   int core() const { return core_; }
   const ReactorFeatures& features() const { return features_; }
@@ -255,6 +282,22 @@ class Reactor {
   uint64_t event_buf_ = 0;
   std::vector<std::function<void()>> pollers_;
   std::vector<Task> deferred_;
+
+  // One-shot timers (RunAfter): a min-heap on due time.
+  struct TimerTask {
+    int64_t due_ms;
+    uint64_t order;
+    std::shared_ptr<Task> task;
+    bool operator>(const TimerTask& o) const {
+      return due_ms != o.due_ms ? due_ms > o.due_ms : order > o.order;
+    }
+  };
+  std::vector<TimerTask> timers_;  // heap ordered by std::greater
+  uint64_t timer_order_ = 0;
+  std::vector<std::function<bool()>> drain_checks_;
+  absl::flat_hash_map<Connection*, absl::AnyInvocable<void(DetachedSocket)>> detaching_;
+  Connection* NewConnection(int fd);
+  void FinishDetach(Connection* conn);
 
   // Shutdown.
   bool stopping_ = false;

@@ -4,9 +4,12 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <simdjson.h>
 
+#include "parley/chat/engine_shard.h"
+#include "parley/chat/router.h"
 #include "parley/config/config.h"
 #include "parley/net/core_mesh.h"
 #include "parley/net/reactor.h"
@@ -21,8 +24,13 @@ struct CoreContext {
   net::CoreMesh* mesh = nullptr;
   std::string node_name;
   CoreMetrics* metrics = nullptr;
+  chat::EngineShard* engine = nullptr;  // this core's chat engine
+  chat::Router* router = nullptr;
+  // Every core's context, indexed by core (for hand-overs to another core).
+  const std::vector<CoreContext*>* all = nullptr;
   // One JSON parser per core: its buffers are reused by every connection of the core.
   simdjson::ondemand::parser json_parser;
+  std::string scratch;  // for building one frame at a time
 };
 
 }  // namespace parley::server

@@ -36,19 +36,22 @@ class HttpSession final : public net::ConnectionHandler {
  private:
   size_t OnData(net::Connection& conn, std::span<char> data) override;
   void OnDeadline(net::Connection& conn, int64_t now_ms) override;
-  void OnClosed(net::Connection& conn) override;
 
   // Answers one request; returns false when the connection must not read further.
   void Route(const http::Request& req, std::string_view body);
   void Respond(int status, std::string_view content_type, std::string_view body,
                std::string_view extra_headers = {});
   void Upgrade(const http::Request& req, std::unique_ptr<WsEndpoint> endpoint);
+  // POST /api/v1/send: an integrator's back end posts a message as any user.
+  void AdminSend(const http::Request& req, std::string_view body);
 
   CoreContext& ctx_;
   const HttpRoutes& routes_;
   net::Connection& conn_;
   http::RequestParser parser_;
   bool keep_alive_ = true;
+  bool awaiting_ = false;  // an asynchronous answer is pending
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace parley::server

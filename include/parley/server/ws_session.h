@@ -12,6 +12,9 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
 
 #include "parley/net/reactor.h"
 #include "parley/server/core_context.h"
@@ -36,6 +39,9 @@ class WsEndpoint {
 class WsSession final : public net::ConnectionHandler, private ws::MessageSink {
  public:
   WsSession(CoreContext& ctx, net::Connection& conn, std::unique_ptr<WsEndpoint> endpoint);
+  // A session arriving from another core: carries on with the decoder state it had there.
+  WsSession(CoreContext& ctx, net::Connection& conn, std::unique_ptr<WsEndpoint> endpoint,
+            ws::FrameDecoder decoder);
   ~WsSession() override;
 
   // Sends one text / binary message. Returns false if the session is closing (or has just been
@@ -45,6 +51,15 @@ class WsSession final : public net::ConnectionHandler, private ws::MessageSink {
   // Starts the close handshake with `code` (1000-4999) and an optional reason.
   void Close(uint16_t code, std::string_view reason = {});
   bool closing() const { return close_sent_ || conn_.closing(); }
+
+  // Closes with 4003 once the monotonic time `mono_ms` passes (token expiry); 0 = never.
+  void SetExpiry(int64_t mono_ms);
+
+  // Hands the socket to core `target`, where `adopt` (run on that core's thread) creates the
+  // new endpoint. Decoding stops after the current message; unconsumed input, unsent output
+  // and a fragmented message in progress all travel with the socket.
+  using AdoptFn = absl::AnyInvocable<std::unique_ptr<WsEndpoint>(CoreContext&, WsSession&)>;
+  void MigrateTo(int target, AdoptFn adopt);
 
   net::Connection& connection() { return conn_; }
   CoreContext& context() { return ctx_; }
@@ -64,9 +79,13 @@ class WsSession final : public net::ConnectionHandler, private ws::MessageSink {
 
   bool SendFrame(ws::Opcode opcode, std::string_view payload);
   void ArmHeartbeat();
+  void StartMigration();
 
   CoreContext& ctx_;
   net::Connection& conn_;
+  int64_t expiry_ms_ = 0;
+  int migrate_to_ = -1;
+  AdoptFn migrate_adopt_;
   std::unique_ptr<WsEndpoint> endpoint_;
   ws::FrameDecoder decoder_;
   int64_t last_rx_ms_ = 0;

@@ -1,0 +1,191 @@
+// The chat engine of one core: the users, conversations and groups whose logical shards this
+// core owns, and the steps of every operation that must run on their owner.
+//
+// Ownership (see Router): a user's inbox, device cursors, read positions and connected devices
+// live on the user's owner core; a conversation's sequence lives on the conversation's owner.
+// A step that needs another owner is an explicit hop through the Router, with owned data.
+//
+// Send pipeline (1:1 and group):
+//   sender's core   Send: rate/dedupe check (pending cmids in memory, then the store)
+//     -> conv owner Sequence: seq = last + 1; one batch = message + dedupe entry + fan-out
+//                   marker; after commit: answer the sender, then Fanout to each member
+//     -> member     AppendInbox: inbox = last + 1, appending every conversation seq the user
+//                   has not got yet (read from the log), so the inbox always follows the
+//                   conversation order, even after a failed commit or a crash; after commit:
+//                   push live to the member's devices, confirm to the conv owner
+//     -> conv owner FanoutConfirmed: once every member has everything, the marker goes.
+// A crash between the steps leaves the marker; start-up recovery (RecoverFanouts) finishes
+// the fan-out before the node serves.
+//
+// Guarantees: per conversation, seqs are gapless and increasing; per user, inbox numbers are
+// gapless and increasing and respect each conversation's order; a device sees its live events
+// in inbox order; nothing is answered `ok` before it is durable (ShardWriter).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "parley/chat/router.h"
+#include "parley/config/config.h"
+#include "parley/net/reactor.h"
+#include "parley/store/shard_writer.h"
+#include "parley/store/store.h"
+
+namespace parley::chat {
+
+// A message as sequenced; shared (immutable) between the members' cores.
+struct Message {
+  std::string conv;
+  int64_t seq = 0;
+  std::string from;
+  std::string cmid;
+  int64_t ts = 0;
+  std::string body;
+  std::string meta_json;
+};
+using MessagePtr = std::shared_ptr<const Message>;
+
+// A connected device, as the engine sees it (implemented by the WebSocket session).
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual uint64_t device_session_id() const = 0;
+  virtual const std::string& user() const = 0;
+  virtual const std::string& device() const = 0;
+  // An inbox event (msg or group), encoded without its "inbox" field's value decided yet.
+  virtual void DeliverMessage(int64_t inbox, const Message& msg) = 0;
+  virtual void DeliverStoredEvent(int64_t inbox, std::string_view event_json) = 0;
+  // A frame that is not an inbox event (receipt, typing, presence).
+  virtual void DeliverEphemeral(std::string_view frame) = 0;
+};
+
+struct SendArgs {
+  std::string from;
+  std::string to;     // exactly one of to / group
+  std::string group;
+  std::string cmid;
+  std::string body;
+  std::string meta_json;
+  bool admin = false;  // admin API: may post into any group
+};
+
+struct SendResult {
+  absl::Status status;
+  std::string conv;
+  int64_t seq = 0;
+  int64_t ts = 0;
+  bool dup = false;
+};
+
+// Runs on the requester's core.
+template <typename T>
+using Reply = absl::AnyInvocable<void(T)>;
+
+class EngineShard {
+ public:
+  struct Deps {
+    int core = 0;
+    const Config* config = nullptr;
+    store::Store* store = nullptr;
+    store::ShardWriter* writer = nullptr;
+    Router* router = nullptr;
+    net::Reactor* reactor = nullptr;
+    const std::vector<EngineShard*>* all = nullptr;  // every core's engine, by core
+  };
+  explicit EngineShard(Deps deps);
+  ~EngineShard();
+
+  int core() const { return deps_.core; }
+  EngineShard& on(int core) { return *(*deps_.all)[core]; }
+
+  // ---- Devices (on the user's core) ----
+  // Registers a connected device; returns the user's durable inbox_seq.
+  absl::StatusOr<int64_t> AttachDevice(Device* device);
+  void DetachDevice(Device* device);
+
+  // ---- Requests (on the requesting user's core, except Send which any core may call) ----
+  // Sends a message from args.from; `reply` runs on core `reply_core`.
+  void Send(SendArgs args, int reply_core, Reply<SendResult> reply);
+  // Cumulative ack of a device; an ack below the cursor is ignored.
+  absl::Status Ack(Device& device, int64_t inbox, absl::AnyInvocable<void(absl::Status)> done);
+  // Appends the `sync` answer for `device` (since < 0: from its cursor) to *out.
+  absl::Status Sync(Device& device, int64_t id, int64_t since, int64_t limit, std::string* out,
+                    int64_t* last_returned);
+  absl::Status History(const std::string& user, int64_t id, std::string_view conv,
+                       int64_t before, int64_t limit, std::string* out);
+  void Read(Device& device, std::string_view conv, int64_t seq,
+            absl::AnyInvocable<void(absl::Status)> done);
+  absl::Status Convs(const std::string& user, int64_t id, int64_t limit, std::string* out);
+  absl::Status Typing(Device& device, std::string_view to, std::string_view group);
+
+  // Called on the engine's core once per reactor loop iteration.
+  void Poll() { deps_.writer->Poll(); }
+
+  // Start-up, before serving: completes every fan-out a crash interrupted (blocking writes).
+  static absl::Status RecoverFanouts(store::Store& store);
+
+  // Figures for /metrics (relaxed atomics, written by this core only).
+  struct Stats {
+    std::atomic<uint64_t> messages_accepted{0};
+    std::atomic<uint64_t> messages_delivered{0};  // live deliveries to devices
+    std::atomic<uint64_t> inbox_appends{0};
+    std::atomic<int64_t> online_devices{0};
+    std::atomic<int64_t> online_users{0};
+    std::atomic<uint64_t> send_latency_le[8] = {};  // < 0.5,1,2,5,10,50,250 ms, +Inf
+    std::atomic<uint64_t> send_latency_sum_us{0};
+  };
+  const Stats& stats() const { return stats_; }
+
+ private:
+  struct UserState {
+    std::string id;
+    int64_t inbox_assigned = 0;  // newest inbox number handed out (maybe not durable yet)
+    int64_t inbox_durable = 0;   // newest inbox number known durable
+    std::vector<Device*> devices;
+    // Conversation records touched since the user was loaded (read_seq, last_seq, ...).
+    absl::flat_hash_map<std::string, store::UserConvRecord> convs;
+    absl::flat_hash_map<std::string, int64_t> cursors;  // device -> acked inbox
+    int pending = 0;  // commits in flight that refer to this state
+  };
+  struct ConvState {
+    int64_t last_seq = 0;      // assigned
+    int64_t durable_seq = 0;   // committed
+    int64_t last_ts = 0;
+    bool marker = false;       // fan-out marker present (or being written)
+    int64_t fanned_out = 0;    // seq up to which every member has confirmed
+    absl::flat_hash_map<std::string, int64_t> confirmed;  // member -> seq confirmed
+  };
+  struct PendingCmid {
+    std::vector<std::pair<int, Reply<SendResult>>> waiters;  // duplicates sent meanwhile
+  };
+
+  // Steps of the send pipeline, each on its owner core.
+  void SendOnSenderCore(SendArgs args, int reply_core, Reply<SendResult> reply);
+  void Sequence(std::shared_ptr<SendArgs> args, std::string conv,
+                std::vector<std::string> members, int origin_core);
+  void SequenceDone(const std::string& from, const std::string& cmid, SendResult result);
+  void AppendInbox(std::string user, MessagePtr msg);
+  void FanoutConfirmed(const std::string& conv, const std::string& member, int64_t seq);
+
+  absl::StatusOr<UserState*> LoadUser(const std::string& user);
+  absl::StatusOr<ConvState*> LoadConv(const std::string& conv);
+  absl::StatusOr<store::UserConvRecord*> LoadUserConv(UserState& u, const std::string& conv,
+                                                      bool create);
+  void MaybeEvict(const std::string& user);
+  void ReplyTo(int core, Reply<SendResult> reply, SendResult result);
+  void RecordSendLatency(int64_t start_us);
+
+  Deps deps_;
+  absl::flat_hash_map<std::string, std::unique_ptr<UserState>> users_;
+  absl::flat_hash_map<std::string, std::unique_ptr<ConvState>> convs_;
+  absl::flat_hash_map<std::string, PendingCmid> pending_cmids_;  // key: from + '\0' + cmid
+  Stats stats_;
+};
+
+}  // namespace parley::chat

@@ -1,0 +1,664 @@
+#include "parley/chat/engine_shard.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "parley/proto/frames.h"
+#include "parley/proto/request.h"
+#include "parley/util/clock.h"
+
+namespace parley::chat {
+
+namespace {
+
+int64_t NowMicros() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+std::string CmidKey(std::string_view from, std::string_view cmid) {
+  return absl::StrCat(from, std::string_view("\0", 1), cmid);
+}
+
+// A commit that failed is retried after this long (disk full, I/O error).
+constexpr int64_t kRetryMs = 250;
+
+}  // namespace
+
+EngineShard::EngineShard(Deps deps) : deps_(deps) {}
+EngineShard::~EngineShard() = default;
+
+// ---------------------------------------------------------------- state loading
+
+absl::StatusOr<EngineShard::UserState*> EngineShard::LoadUser(const std::string& user) {
+  auto it = users_.find(user);
+  if (it != users_.end()) return it->second.get();
+  auto last = deps_.store->LastInboxSeq(user);
+  if (!last.ok()) return last.status();
+  auto state = std::make_unique<UserState>();
+  state->id = user;
+  state->inbox_assigned = state->inbox_durable = *last;
+  UserState* raw = state.get();
+  users_.emplace(user, std::move(state));
+  return raw;
+}
+
+absl::StatusOr<EngineShard::ConvState*> EngineShard::LoadConv(const std::string& conv) {
+  auto it = convs_.find(conv);
+  if (it != convs_.end()) return it->second.get();
+  auto last = deps_.store->LastConvSeq(conv);
+  if (!last.ok()) return last.status();
+  auto state = std::make_unique<ConvState>();
+  state->last_seq = state->durable_seq = state->fanned_out = *last;
+  if (*last > 0) {
+    auto msg = deps_.store->GetMessage(conv, *last);
+    if (msg.ok() && msg->has_value()) state->last_ts = (*msg)->ts;
+  }
+  ConvState* raw = state.get();
+  convs_.emplace(conv, std::move(state));
+  return raw;
+}
+
+absl::StatusOr<store::UserConvRecord*> EngineShard::LoadUserConv(UserState& u,
+                                                                 const std::string& conv,
+                                                                 bool create) {
+  auto it = u.convs.find(conv);
+  if (it != u.convs.end()) return &it->second;
+  auto rec = deps_.store->GetUserConv(u.id, conv);
+  if (!rec.ok()) return rec.status();
+  if (!rec->has_value() && !create) return nullptr;
+  auto [pos, inserted] = u.convs.emplace(conv, rec->value_or(store::UserConvRecord{}));
+  return &pos->second;
+}
+
+void EngineShard::MaybeEvict(const std::string& user) {
+  auto it = users_.find(user);
+  if (it == users_.end()) return;
+  UserState& u = *it->second;
+  if (u.devices.empty() && u.pending == 0) users_.erase(it);
+}
+
+// ---------------------------------------------------------------- devices
+
+absl::StatusOr<int64_t> EngineShard::AttachDevice(Device* device) {
+  auto u = LoadUser(device->user());
+  if (!u.ok()) return u.status();
+  if ((*u)->devices.empty()) stats_.online_users.fetch_add(1, std::memory_order_relaxed);
+  (*u)->devices.push_back(device);
+  stats_.online_devices.fetch_add(1, std::memory_order_relaxed);
+  return (*u)->inbox_durable;
+}
+
+void EngineShard::DetachDevice(Device* device) {
+  auto it = users_.find(device->user());
+  if (it == users_.end()) return;
+  auto& devices = it->second->devices;
+  auto pos = std::find(devices.begin(), devices.end(), device);
+  if (pos == devices.end()) return;
+  devices.erase(pos);
+  stats_.online_devices.fetch_sub(1, std::memory_order_relaxed);
+  if (devices.empty()) stats_.online_users.fetch_sub(1, std::memory_order_relaxed);
+  MaybeEvict(device->user());
+}
+
+// ---------------------------------------------------------------- send pipeline
+
+void EngineShard::ReplyTo(int core, Reply<SendResult> reply, SendResult result) {
+  if (core == deps_.core) {
+    reply(std::move(result));
+    return;
+  }
+  deps_.router->SubmitToCore(deps_.core, core,
+                             [reply = std::move(reply), result = std::move(result)]() mutable {
+                               reply(std::move(result));
+                             });
+}
+
+void EngineShard::Send(SendArgs args, int reply_core, Reply<SendResult> reply) {
+  // Dedupe state lives with the sender: hop to the sender's owner first.
+  const int shard = store::ShardOf(args.from);
+  if (deps_.router->CoreOfShard(shard) == deps_.core) {
+    SendOnSenderCore(std::move(args), reply_core, std::move(reply));
+    return;
+  }
+  deps_.router->SubmitToShard(
+      deps_.core, shard,
+      [&target = on(deps_.router->CoreOfShard(shard)), args = std::move(args), reply_core,
+       reply = std::move(reply)]() mutable {
+        target.SendOnSenderCore(std::move(args), reply_core, std::move(reply));
+      });
+}
+
+void EngineShard::SendOnSenderCore(SendArgs args, int reply_core, Reply<SendResult> reply) {
+  const std::string key = CmidKey(args.from, args.cmid);
+  // A send with this cmid is still in flight: answer this one as its duplicate.
+  if (auto it = pending_cmids_.find(key); it != pending_cmids_.end()) {
+    it->second.waiters.emplace_back(reply_core, std::move(reply));
+    return;
+  }
+  auto existing = deps_.store->GetDedupe(args.from, args.cmid);
+  if (!existing.ok()) {
+    ReplyTo(reply_core, std::move(reply),
+            {absl::UnavailableError("storage is unavailable"), "", 0, 0, false});
+    return;
+  }
+  if (existing->has_value()) {
+    const store::DedupeRecord& rec = **existing;
+    ReplyTo(reply_core, std::move(reply), {absl::OkStatus(), rec.conv, rec.seq, rec.ts, true});
+    return;
+  }
+  std::string conv;
+  std::vector<std::string> members;
+  if (!args.to.empty()) {
+    conv = proto::DirectConvId(args.from, args.to);
+    members.push_back(std::min(args.from, args.to));
+    if (args.from != args.to) members.push_back(std::max(args.from, args.to));
+  } else {
+    conv = proto::GroupConvId(args.group);  // members are known by the group's owner
+  }
+  PendingCmid& pending = pending_cmids_[key];
+  pending.waiters.emplace_back(reply_core, std::move(reply));
+  const int shard = store::ShardOf(conv);
+  auto shared = std::make_shared<SendArgs>(std::move(args));
+  const int origin = deps_.core;
+  deps_.router->SubmitToShard(
+      deps_.core, shard,
+      [&target = on(deps_.router->CoreOfShard(shard)), shared, conv = std::move(conv),
+       members = std::move(members), origin]() mutable {
+        target.Sequence(std::move(shared), std::move(conv), std::move(members), origin);
+      });
+}
+
+void EngineShard::SequenceDone(const std::string& from, const std::string& cmid,
+                               SendResult result) {
+  auto it = pending_cmids_.find(CmidKey(from, cmid));
+  if (it == pending_cmids_.end()) return;
+  auto waiters = std::move(it->second.waiters);
+  pending_cmids_.erase(it);
+  bool first = true;
+  for (auto& [core, reply] : waiters) {
+    SendResult r = result;
+    r.dup = !first && result.status.ok();
+    first = false;
+    ReplyTo(core, std::move(reply), std::move(r));
+  }
+}
+
+void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
+                           std::vector<std::string> members, int origin_core) {
+  const int64_t start_us = NowMicros();
+  auto answer = [this, args, origin_core](SendResult result) {
+    deps_.router->SubmitToCore(deps_.core, origin_core,
+                               [&origin = on(origin_core), args, result]() mutable {
+                                 origin.SequenceDone(args->from, args->cmid, std::move(result));
+                               });
+  };
+  if (!args->group.empty()) {
+    auto group = deps_.store->GetGroup(args->group);
+    if (!group.ok()) return answer({absl::UnavailableError("storage is unavailable")});
+    if (!group->has_value()) {
+      return answer({absl::NotFoundError(absl::StrCat("group '", args->group, "' does not exist"))});
+    }
+    members = (*group)->members;
+    if (!args->admin &&
+        std::find(members.begin(), members.end(), args->from) == members.end()) {
+      return answer({absl::PermissionDeniedError("only members may write to a group")});
+    }
+  }
+  auto loaded = LoadConv(conv);
+  if (!loaded.ok()) return answer({absl::UnavailableError("storage is unavailable")});
+  ConvState& cs = **loaded;
+
+  auto msg = std::make_shared<Message>();
+  msg->conv = conv;
+  msg->seq = ++cs.last_seq;
+  msg->from = args->from;
+  msg->cmid = args->cmid;
+  msg->ts = std::max(WallMillis(), cs.last_ts);
+  msg->body = std::move(args->body);
+  msg->meta_json = std::move(args->meta_json);
+  cs.last_ts = msg->ts;
+
+  store::Batch& batch = deps_.writer->current();
+  batch.PutMessage(conv, msg->seq,
+                   store::MessageRecord{msg->from, msg->cmid, msg->ts, msg->body, msg->meta_json});
+  batch.PutDedupe(msg->from, msg->cmid, store::DedupeRecord{conv, msg->seq, msg->ts}, WallMillis());
+  if (!cs.marker) {
+    batch.PutPendingFanout(conv);
+    cs.marker = true;
+  }
+  stats_.messages_accepted.fetch_add(1, std::memory_order_relaxed);
+  deps_.writer->OnCommit([this, msg = MessagePtr(msg), members = std::move(members), answer,
+                          start_us](const absl::Status& status) mutable {
+    auto it = convs_.find(msg->conv);
+    if (!status.ok()) {
+      // Nothing of this conversation that was not durable survives a failed commit: reload
+      // its sequence from the store next time.
+      if (it != convs_.end()) convs_.erase(it);
+      answer({absl::UnavailableError("the message could not be stored; try again")});
+      return;
+    }
+    if (it != convs_.end()) {
+      ConvState& cs = *it->second;
+      cs.durable_seq = std::max(cs.durable_seq, msg->seq);
+      for (const std::string& m : members) cs.confirmed.try_emplace(m, msg->seq - 1);
+    }
+    RecordSendLatency(start_us);
+    answer({absl::OkStatus(), msg->conv, msg->seq, msg->ts, false});
+    for (const std::string& member : members) {
+      const int shard = store::ShardOf(member);
+      deps_.router->SubmitToShard(
+          deps_.core, shard,
+          [&target = on(deps_.router->CoreOfShard(shard)), member, msg]() mutable {
+            target.AppendInbox(std::move(member), std::move(msg));
+          });
+    }
+  });
+}
+
+void EngineShard::AppendInbox(std::string user, MessagePtr msg) {
+  auto retry = [this, user, msg] {
+    deps_.reactor->RunAfter(kRetryMs, [this, user, msg]() mutable {
+      AppendInbox(std::move(user), std::move(msg));
+    });
+  };
+  auto loaded = LoadUser(user);
+  if (!loaded.ok()) return retry();
+  UserState& u = **loaded;
+  const bool is_group = msg->conv.size() > 2 && msg->conv[0] == 'g';
+  auto rec_or = LoadUserConv(u, msg->conv, /*create=*/!is_group);
+  if (!rec_or.ok()) return retry();
+  store::UserConvRecord* rec = *rec_or;
+  auto confirm = [this, conv = msg->conv, user, seq = msg->seq] {
+    const int shard = store::ShardOf(conv);
+    deps_.router->SubmitToShard(deps_.core, shard,
+                                [&target = on(deps_.router->CoreOfShard(shard)), conv, user,
+                                 seq] { target.FanoutConfirmed(conv, user, seq); });
+  };
+  if (rec == nullptr || msg->seq <= rec->last_seq) {
+    // Not a member (any more), or already appended (a retry or recovery got there first).
+    confirm();
+    MaybeEvict(user);
+    return;
+  }
+  // Append every seq this user has not got yet, in conversation order.
+  std::vector<std::pair<int64_t, MessagePtr>> appended;
+  store::Batch& batch = deps_.writer->current();
+  for (int64_t s = rec->last_seq + 1; s <= msg->seq; ++s) {
+    MessagePtr m = msg;
+    if (s != msg->seq) {
+      auto stored = deps_.store->GetMessage(msg->conv, s);
+      if (!stored.ok()) return retry();
+      if (!stored->has_value()) continue;  // never committed (cannot happen after a commit)
+      auto copy = std::make_shared<Message>();
+      copy->conv = msg->conv;
+      copy->seq = s;
+      copy->from = (*stored)->from;
+      copy->cmid = (*stored)->cmid;
+      copy->ts = (*stored)->ts;
+      copy->body = (*stored)->body;
+      copy->meta_json = (*stored)->meta_json;
+      m = std::move(copy);
+    }
+    const int64_t inbox = ++u.inbox_assigned;
+    batch.PutInbox(user, inbox, store::InboxRecord{msg->conv, s, {}});
+    rec->last_seq = s;
+    rec->last_ts = m->ts;
+    appended.emplace_back(inbox, std::move(m));
+  }
+  batch.PutUserConv(user, msg->conv, *rec);
+  ++u.pending;
+  stats_.inbox_appends.fetch_add(appended.size(), std::memory_order_relaxed);
+  deps_.writer->OnCommit([this, user, appended = std::move(appended), confirm,
+                          retry](const absl::Status& status) mutable {
+    auto it = users_.find(user);
+    if (it == users_.end()) return;  // cannot happen: pending keeps it loaded
+    UserState& u = *it->second;
+    --u.pending;
+    if (!status.ok()) {
+      // Everything not yet durable failed with this commit: start again from the store.
+      u.inbox_assigned = u.inbox_durable;
+      u.convs.clear();
+      retry();
+      return;
+    }
+    for (auto& [inbox, m] : appended) {
+      u.inbox_durable = std::max(u.inbox_durable, inbox);
+      for (Device* d : u.devices) {
+        d->DeliverMessage(inbox, *m);
+        stats_.messages_delivered.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    confirm();
+    MaybeEvict(user);
+  });
+}
+
+void EngineShard::FanoutConfirmed(const std::string& conv, const std::string& member,
+                                  int64_t seq) {
+  auto it = convs_.find(conv);
+  if (it == convs_.end()) return;  // reloaded after a failure; recovery handles the marker
+  ConvState& cs = *it->second;
+  auto& confirmed = cs.confirmed[member];
+  confirmed = std::max(confirmed, seq);
+  // The marker can go once every member known to this fan-out has everything durable.
+  for (const auto& [m, s] : cs.confirmed) {
+    if (s < cs.durable_seq) return;
+  }
+  if (cs.last_seq != cs.durable_seq || !cs.marker) return;
+  cs.marker = false;
+  deps_.writer->current().DeletePendingFanout(conv);
+}
+
+void EngineShard::RecordSendLatency(int64_t start_us) {
+  static constexpr int64_t kBoundsUs[] = {500, 1000, 2000, 5000, 10000, 50000, 250000};
+  const int64_t us = NowMicros() - start_us;
+  size_t bucket = 0;
+  while (bucket < 7 && us >= kBoundsUs[bucket]) ++bucket;
+  stats_.send_latency_le[bucket].fetch_add(1, std::memory_order_relaxed);
+  stats_.send_latency_sum_us.fetch_add(static_cast<uint64_t>(us), std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------- per-user requests
+
+absl::Status EngineShard::Ack(Device& device, int64_t inbox,
+                              absl::AnyInvocable<void(absl::Status)> done) {
+  auto loaded = LoadUser(device.user());
+  if (!loaded.ok()) return absl::UnavailableError("storage is unavailable");
+  UserState& u = **loaded;
+  if (inbox > u.inbox_durable) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ack ", inbox, " is above the inbox_seq ", u.inbox_durable));
+  }
+  auto it = u.cursors.find(device.device());
+  if (it == u.cursors.end()) {
+    auto cursor = deps_.store->GetDeviceCursor(u.id, device.device());
+    if (!cursor.ok()) return absl::UnavailableError("storage is unavailable");
+    it = u.cursors.emplace(device.device(), *cursor).first;
+  }
+  if (inbox <= it->second) {
+    done(absl::OkStatus());  // lower acks are ignored
+    return absl::OkStatus();
+  }
+  it->second = inbox;
+  deps_.writer->current().PutDeviceCursor(u.id, device.device(), inbox);
+  ++u.pending;
+  deps_.writer->OnCommit([this, user = u.id, device_id = device.device(),
+                          done = std::move(done)](const absl::Status& status) mutable {
+    if (auto it = users_.find(user); it != users_.end()) {
+      --it->second->pending;
+      if (!status.ok()) it->second->cursors.erase(device_id);
+    }
+    done(status.ok() ? absl::OkStatus() : absl::UnavailableError("the ack could not be stored"));
+    MaybeEvict(user);
+  });
+  return absl::OkStatus();
+}
+
+absl::Status EngineShard::Sync(Device& device, int64_t id, int64_t since, int64_t limit,
+                               std::string* out, int64_t* last_returned) {
+  auto loaded = LoadUser(device.user());
+  if (!loaded.ok()) return absl::UnavailableError("storage is unavailable");
+  UserState& u = **loaded;
+  if (since < 0) {
+    auto it = u.cursors.find(device.device());
+    if (it != u.cursors.end()) {
+      since = it->second;
+    } else {
+      auto cursor = deps_.store->GetDeviceCursor(u.id, device.device());
+      if (!cursor.ok()) return absl::UnavailableError("storage is unavailable");
+      since = *cursor;
+      u.cursors.emplace(device.device(), since);
+    }
+  }
+  if (limit < 0) limit = 500;
+  std::vector<std::pair<int64_t, store::InboxRecord>> entries;
+  bool more = false;
+  // Only durable entries are served; newer ones arrive live (or in the next sync).
+  absl::Status st = deps_.store->ReadInbox(u.id, since, static_cast<int>(limit), &entries, &more);
+  if (!st.ok()) return absl::UnavailableError("storage is unavailable");
+  while (!entries.empty() && entries.back().first > u.inbox_durable) {
+    entries.pop_back();
+    more = true;
+  }
+  proto::ListOkWriter w(out, id, "events");
+  *last_returned = since;
+  for (const auto& [inbox, rec] : entries) {
+    *last_returned = inbox;
+    if (!rec.event_json.empty()) {
+      // Stored events are JSON objects without "inbox": insert it after the opening brace.
+      std::string* o = w.Item();
+      absl::StrAppend(o, "{\"op\":\"group\",\"inbox\":", inbox, ",",
+                      std::string_view(rec.event_json).substr(1));
+      continue;
+    }
+    auto msg = deps_.store->GetMessage(rec.conv, rec.seq);
+    if (!msg.ok()) return absl::UnavailableError("storage is unavailable");
+    if (!msg->has_value()) continue;
+    const store::MessageRecord& m = **msg;
+    proto::AppendMsg(w.Item(), {rec.conv, rec.seq, m.from, m.cmid, m.ts, m.body, m.meta_json},
+                     inbox);
+  }
+  const std::pair<std::string_view, int64_t> ints[] = {{"inbox_seq", u.inbox_durable}};
+  w.Finish(ints, true, more);
+  return absl::OkStatus();
+}
+
+absl::Status EngineShard::History(const std::string& user, int64_t id, std::string_view conv,
+                                  int64_t before, int64_t limit, std::string* out) {
+  proto::ConvRef ref;
+  if (!proto::ParseConvId(conv, &ref)) {
+    return absl::InvalidArgumentError("conv is not a canonical conversation id");
+  }
+  if (ref.is_group) {
+    auto group = deps_.store->GetGroup(ref.group);
+    if (!group.ok()) return absl::UnavailableError("storage is unavailable");
+    if (!group->has_value()) return absl::NotFoundError("no such group");
+    const auto& members = (*group)->members;
+    if (std::find(members.begin(), members.end(), user) == members.end()) {
+      return absl::PermissionDeniedError("only members may read a group's history");
+    }
+  } else if (ref.a != user && ref.b != user) {
+    return absl::PermissionDeniedError("only its two users may read a direct conversation");
+  }
+  if (limit < 0) limit = 50;
+  std::vector<std::pair<int64_t, store::MessageRecord>> msgs;
+  bool more = false;
+  // Node-local read of the conversation log (any core may read the store).
+  absl::Status st =
+      deps_.store->ReadHistory(conv, before, static_cast<int>(limit), &msgs, &more);
+  if (!st.ok()) return absl::UnavailableError("storage is unavailable");
+  proto::ListOkWriter w(out, id, "msgs");
+  for (const auto& [seq, m] : msgs) {
+    proto::AppendMsg(w.Item(), {conv, seq, m.from, m.cmid, m.ts, m.body, m.meta_json}, -1);
+  }
+  w.Finish({}, true, more);
+  return absl::OkStatus();
+}
+
+void EngineShard::Read(Device& device, std::string_view conv_view, int64_t seq,
+                       absl::AnyInvocable<void(absl::Status)> done) {
+  const std::string conv(conv_view);
+  proto::ConvRef ref;
+  if (!proto::ParseConvId(conv, &ref)) {
+    return done(absl::InvalidArgumentError("conv is not a canonical conversation id"));
+  }
+  const std::string& user = device.user();
+  if (!ref.is_group && ref.a != user && ref.b != user) {
+    return done(absl::PermissionDeniedError("not a member of this conversation"));
+  }
+  auto loaded = LoadUser(user);
+  if (!loaded.ok()) return done(absl::UnavailableError("storage is unavailable"));
+  UserState& u = **loaded;
+  auto rec_or = LoadUserConv(u, conv, /*create=*/!ref.is_group);
+  if (!rec_or.ok()) return done(absl::UnavailableError("storage is unavailable"));
+  store::UserConvRecord* rec = *rec_or;
+  if (rec == nullptr) return done(absl::PermissionDeniedError("not a member of this conversation"));
+  const int64_t clamped = std::min(seq, rec->last_seq);
+  if (clamped <= rec->read_seq) return done(absl::OkStatus());  // only moves forward
+  rec->read_seq = clamped;
+  deps_.writer->current().PutUserConv(user, conv, *rec);
+  ++u.pending;
+  std::vector<std::string> others;
+  if (!ref.is_group) {
+    const std::string other(ref.a == user ? ref.b : ref.a);
+    if (other != user) others.push_back(other);
+  } else {
+    auto group = deps_.store->GetGroup(ref.group);
+    if (group.ok() && group->has_value()) {
+      for (const auto& m : (*group)->members) {
+        if (m != user) others.push_back(m);
+      }
+    }
+  }
+  deps_.writer->OnCommit([this, user, conv, clamped, others = std::move(others),
+                          reader = device.device_session_id(),
+                          done = std::move(done)](const absl::Status& status) mutable {
+    auto it = users_.find(user);
+    if (it != users_.end()) --it->second->pending;
+    if (!status.ok()) {
+      if (it != users_.end()) it->second->convs.erase(conv);
+      done(absl::UnavailableError("the read position could not be stored"));
+      MaybeEvict(user);
+      return;
+    }
+    auto frame = std::make_shared<std::string>();
+    proto::AppendReceipt(frame.get(), conv, user, clamped, WallMillis());
+    if (it != users_.end()) {
+      for (Device* d : it->second->devices) {
+        if (d->device_session_id() != reader) d->DeliverEphemeral(*frame);
+      }
+    }
+    for (const std::string& other : others) {
+      const int shard = store::ShardOf(other);
+      deps_.router->SubmitToShard(deps_.core, shard,
+                                  [&target = on(deps_.router->CoreOfShard(shard)), other, frame] {
+                                    auto it = target.users_.find(other);
+                                    if (it == target.users_.end()) return;
+                                    for (Device* d : it->second->devices) {
+                                      d->DeliverEphemeral(*frame);
+                                    }
+                                  });
+    }
+    done(absl::OkStatus());
+    MaybeEvict(user);
+  });
+}
+
+absl::Status EngineShard::Convs(const std::string& user, int64_t id, int64_t limit,
+                                std::string* out) {
+  std::vector<std::pair<std::string, store::UserConvRecord>> convs;
+  if (!deps_.store->ReadUserConvs(user, &convs).ok()) {
+    return absl::UnavailableError("storage is unavailable");
+  }
+  // Records changed in memory but not yet committed are newer than the store's.
+  if (auto it = users_.find(user); it != users_.end()) {
+    for (auto& [conv, rec] : convs) {
+      if (auto c = it->second->convs.find(conv); c != it->second->convs.end()) rec = c->second;
+    }
+  }
+  std::sort(convs.begin(), convs.end(), [](const auto& x, const auto& y) {
+    if (x.second.last_ts != y.second.last_ts) return x.second.last_ts > y.second.last_ts;
+    return x.first < y.first;
+  });
+  if (limit < 0) limit = 100;
+  if (convs.size() > static_cast<size_t>(limit)) convs.resize(static_cast<size_t>(limit));
+  proto::ListOkWriter w(out, id, "convs");
+  for (const auto& [conv, rec] : convs) {
+    std::string* o = w.Item();
+    absl::StrAppend(o, "{\"conv\":");
+    AppendJsonString(o, conv);
+    absl::StrAppend(o, ",\"last_seq\":", rec.last_seq, ",\"last_ts\":", rec.last_ts,
+                    ",\"read_seq\":", rec.read_seq, "}");
+  }
+  w.Finish({}, false, false);
+  return absl::OkStatus();
+}
+
+absl::Status EngineShard::Typing(Device& device, std::string_view to, std::string_view group) {
+  const std::string& user = device.user();
+  if (!group.empty()) {
+    auto rec = deps_.store->GetGroup(group);
+    if (!rec.ok()) return absl::UnavailableError("storage is unavailable");
+    if (!rec->has_value()) return absl::NotFoundError("no such group");
+    const auto& members = (*rec)->members;
+    if (std::find(members.begin(), members.end(), user) == members.end()) {
+      return absl::PermissionDeniedError("only members may type in a group");
+    }
+    auto frame = std::make_shared<std::string>();
+    proto::AppendTyping(frame.get(), proto::GroupConvId(group), user);
+    for (const auto& m : members) {
+      if (m == user) continue;
+      const int shard = store::ShardOf(m);
+      deps_.router->SubmitToShard(deps_.core, shard,
+                                  [&target = on(deps_.router->CoreOfShard(shard)), m, frame] {
+                                    auto it = target.users_.find(m);
+                                    if (it == target.users_.end()) return;
+                                    for (Device* d : it->second->devices) {
+                                      d->DeliverEphemeral(*frame);
+                                    }
+                                  });
+    }
+    return absl::OkStatus();
+  }
+  if (to == user) return absl::OkStatus();  // never echoed to the typist's own devices
+  auto frame = std::make_shared<std::string>();
+  proto::AppendTyping(frame.get(), proto::DirectConvId(user, to), user);
+  const std::string target_user(to);
+  const int shard = store::ShardOf(target_user);
+  deps_.router->SubmitToShard(deps_.core, shard,
+                              [&target = on(deps_.router->CoreOfShard(shard)), target_user,
+                               frame] {
+                                auto it = target.users_.find(target_user);
+                                if (it == target.users_.end()) return;
+                                for (Device* d : it->second->devices) d->DeliverEphemeral(*frame);
+                              });
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- recovery
+
+absl::Status EngineShard::RecoverFanouts(store::Store& store) {
+  std::vector<std::string> convs;
+  if (auto st = store.ListPendingFanout(&convs); !st.ok()) return st;
+  for (const std::string& conv : convs) {
+    proto::ConvRef ref;
+    if (!proto::ParseConvId(conv, &ref)) continue;
+    auto last = store.LastConvSeq(conv);
+    if (!last.ok()) return last.status();
+    std::vector<std::string> members;
+    if (ref.is_group) {
+      auto group = store.GetGroup(ref.group);
+      if (!group.ok()) return group.status();
+      if (group->has_value()) members = (*group)->members;
+    } else {
+      members.emplace_back(ref.a);
+      if (ref.b != ref.a) members.emplace_back(ref.b);
+    }
+    store::Batch batch = store.NewBatch();
+    for (const std::string& member : members) {
+      auto rec = store.GetUserConv(member, conv);
+      if (!rec.ok()) return rec.status();
+      if (!rec->has_value() && ref.is_group) continue;  // not a member any more
+      store::UserConvRecord r = rec->value_or(store::UserConvRecord{});
+      auto inbox = store.LastInboxSeq(member);
+      if (!inbox.ok()) return inbox.status();
+      int64_t next = *inbox;
+      for (int64_t s = r.last_seq + 1; s <= *last; ++s) {
+        auto msg = store.GetMessage(conv, s);
+        if (!msg.ok()) return msg.status();
+        if (!msg->has_value()) continue;
+        batch.PutInbox(member, ++next, store::InboxRecord{conv, s, {}});
+        r.last_seq = s;
+        r.last_ts = (*msg)->ts;
+      }
+      batch.PutUserConv(member, conv, r);
+    }
+    batch.DeletePendingFanout(conv);
+    if (auto st = store.Write(batch); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace parley::chat
