@@ -14,6 +14,9 @@
 
 namespace parley::http {
 
+// ASCII case-insensitive equality (header names and tokens).
+bool EqualsIgnoreCase(std::string_view a, std::string_view b);
+
 struct Header {
   std::string_view name;   // as sent; compare case-insensitively
   std::string_view value;  // leading/trailing spaces and tabs trimmed

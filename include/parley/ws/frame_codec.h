@@ -89,6 +89,11 @@ class FrameDecoder {
   Utf8Stream utf8_;
 };
 
+// XORs data[0..len) with the 4-byte masking key, where data[0] is byte number `phase` of the
+// frame payload (the key is rotated accordingly, so a payload may be unmasked in pieces).
+// Any alignment; works 16 bytes at a time. Masking is an involution: applying it twice is a no-op.
+void ApplyMask(char* data, size_t len, const uint8_t key[4], size_t phase = 0);
+
 // Largest frame header the server writes (2 + 8 bytes; server frames are unmasked).
 inline constexpr size_t kMaxServerHeader = 10;
 
@@ -98,7 +103,9 @@ size_t EncodeHeader(char* dst, Opcode opcode, bool fin, uint64_t payload_len);
 // Appends a whole unmasked frame.
 void AppendFrame(std::string* out, Opcode opcode, std::string_view payload, bool fin = true);
 
-// Appends a close frame with a code and a reason (truncated to fit 125 bytes).
+// Appends a close frame with a code and a reason (truncated to fit 125 bytes, at a UTF-8
+// character boundary). Codes that may not appear on the wire (0, 1005, 1006, 1015) produce an
+// empty close payload, which is how a close that carried no code is echoed.
 void AppendClose(std::string* out, uint16_t code, std::string_view reason = {});
 
 }  // namespace parley::ws
