@@ -2,10 +2,12 @@
 
 #include <unistd.h>
 
+#include <filesystem>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "parley/net/listener.h"
-#include "parley/server/protocol_endpoint.h"
+#include "parley/server/chat_endpoint.h"
 
 namespace parley::server {
 
@@ -16,6 +18,10 @@ Server::~Server() {
   for (auto& t : threads_running_) {
     if (t.joinable()) t.join();
   }
+  // Commit what the writers still hold before the store closes.
+  contexts_.clear();
+  engines_.clear();
+  writers_.clear();
   for (int fd : listen_fds_) {
     if (fd >= 0) ::close(fd);
   }
@@ -50,29 +56,64 @@ absl::Status Server::Start() {
     node = host;
   }
 
+  std::error_code ec;
+  std::filesystem::create_directories(config_.storage.data_dir, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot create data directory ", config_.storage.data_dir, ": ", ec.message()));
+  }
+  store::StoreOptions store_options;
+  store_options.data_dir = config_.storage.data_dir;
+  store_options.sync = config_.storage.sync == "fsync";
+  auto store = store::Store::Open(store_options);
+  if (!store.ok()) return store.status();
+  store_ = std::move(*store);
+  // Finish every fan-out a crash interrupted before anyone can read an inbox.
+  if (absl::Status st = chat::EngineShard::RecoverFanouts(*store_); !st.ok()) return st;
+
   mesh_ = std::make_unique<net::CoreMesh>(threads_);
+  router_ = std::make_unique<chat::Router>(*mesh_, threads_);
   init_status_.resize(threads_);
   for (int i = 0; i < threads_; ++i) {
     net::ReactorOptions options;
     options.max_connections = config_.limits.max_connections;
     reactors_.push_back(std::make_unique<net::Reactor>(i, options, mesh_.get()));
-    mesh_->Attach(i, reactors_.back().get());
+    net::Reactor* reactor = reactors_.back().get();
+    mesh_->Attach(i, reactor);
+    writers_.push_back(
+        std::make_unique<store::ShardWriter>(*store_, [reactor] { reactor->Notify(); }));
+    chat::EngineShard::Deps deps;
+    deps.core = i;
+    deps.config = &config_;
+    deps.store = store_.get();
+    deps.writer = writers_.back().get();
+    deps.router = router_.get();
+    deps.reactor = reactor;
+    deps.all = &engine_ptrs_;
+    engines_.push_back(std::make_unique<chat::EngineShard>(deps));
+    engine_ptrs_.push_back(engines_.back().get());
     metrics_.push_back(std::make_unique<CoreMetrics>());
     auto ctx = std::make_unique<CoreContext>();
     ctx->config = &config_;
     ctx->core = i;
-    ctx->reactor = reactors_.back().get();
+    ctx->reactor = reactor;
     ctx->mesh = mesh_.get();
     ctx->node_name = node;
     ctx->metrics = metrics_.back().get();
+    ctx->engine = engines_.back().get();
+    ctx->router = router_.get();
+    ctx->all = &context_ptrs_;
+    context_ptrs_.push_back(ctx.get());
     contexts_.push_back(std::move(ctx));
   }
 
-  routes_.protocol_endpoint = [](CoreContext& ctx) { return MakeProtocolEndpoint(ctx); };
+  routes_.protocol_endpoint = [](CoreContext& ctx) { return MakeChatEndpoint(ctx); };
   routes_.metrics = [this] {
     std::vector<CoreMetrics*> all;
     for (auto& m : metrics_) all.push_back(m.get());
-    return RenderMetrics(all);
+    std::string out = RenderMetrics(all);
+    AppendEngineMetrics(&out);
+    return out;
   };
 
   for (int i = 0; i < threads_; ++i) threads_running_.emplace_back([this, i] { CoreMain(i); });
@@ -103,12 +144,89 @@ void Server::CoreMain(int core) {
     return std::make_unique<HttpSession>(ctx, routes_, conn);
   });
   listen_fds_[core] = -1;  // the reactor owns it now
+  chat::EngineShard& engine = *engines_[core];
+  store::ShardWriter& writer = *writers_[core];
+  reactor.AddPoller([&engine] { engine.Poll(); });
+  reactor.AddDrainCheck([&writer] { return writer.busy(); });
   reactor.AddPoller([this, &reactor] {
     if (stop_requested_.load(std::memory_order_relaxed)) {
       reactor.BeginShutdown(stop_grace_ms_.load());
     }
   });
   reactor.Run();
+}
+
+void Server::AppendEngineMetrics(std::string* out) {
+  auto family = [&](const char* name, const char* type, const char* help, auto value) {
+    absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+    for (size_t i = 0; i < engines_.size(); ++i) {
+      absl::StrAppend(out, name, "{core=\"", i, "\"} ", value(*engines_[i], *writers_[i]), "\n");
+    }
+  };
+  using E = chat::EngineShard;
+  using W = store::ShardWriter;
+  family("parley_messages_accepted_total", "counter", "Messages sequenced and stored.",
+         [](E& e, W&) { return e.stats().messages_accepted.load(std::memory_order_relaxed); });
+  family("parley_messages_delivered_total", "counter", "Live message deliveries to devices.",
+         [](E& e, W&) { return e.stats().messages_delivered.load(std::memory_order_relaxed); });
+  family("parley_inbox_appends_total", "counter", "Inbox entries written.",
+         [](E& e, W&) { return e.stats().inbox_appends.load(std::memory_order_relaxed); });
+  family("parley_users_online", "gauge", "Users with at least one connected device.",
+         [](E& e, W&) { return e.stats().online_users.load(std::memory_order_relaxed); });
+  family("parley_devices_online", "gauge", "Connected, authenticated devices.",
+         [](E& e, W&) { return e.stats().online_devices.load(std::memory_order_relaxed); });
+  family("parley_storage_commits_total", "counter", "Group commits written.",
+         [](E&, W& w) { return w.stats().commits.load(std::memory_order_relaxed); });
+  family("parley_storage_commit_failures_total", "counter", "Group commits that failed.",
+         [](E&, W& w) { return w.stats().failures.load(std::memory_order_relaxed); });
+  family("parley_storage_bytes_written_total", "counter", "Bytes of batches committed.",
+         [](E&, W& w) { return w.stats().bytes.load(std::memory_order_relaxed); });
+  family("parley_mesh_overflow_total", "counter", "Cross-core tasks that found a full queue.",
+         [this](E& e, W&) { return mesh_->overflowed(e.core()); });
+
+  // Histograms, summed over cores.
+  auto histogram = [&](const char* name, const char* help, const auto& bounds_s, auto bucket,
+                       auto sum_s) {
+    absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " histogram\n");
+    uint64_t cumulative = 0;
+    const size_t n = sizeof(bounds_s) / sizeof(bounds_s[0]);
+    for (size_t b = 0; b <= n; ++b) {
+      for (size_t i = 0; i < engines_.size(); ++i) cumulative += bucket(i, b);
+      absl::StrAppend(out, name, "_bucket{le=\"", b < n ? absl::StrCat(bounds_s[b]) : "+Inf",
+                      "\"} ", cumulative, "\n");
+    }
+    double sum = 0;
+    for (size_t i = 0; i < engines_.size(); ++i) sum += sum_s(i);
+    absl::StrAppend(out, name, "_sum ", sum, "\n", name, "_count ", cumulative, "\n");
+  };
+  static constexpr double kSendBounds[] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25};
+  histogram(
+      "parley_send_commit_seconds", "Time from sequencing a message to its durable commit.",
+      kSendBounds,
+      [this](size_t i, size_t b) {
+        return engines_[i]->stats().send_latency_le[b].load(std::memory_order_relaxed);
+      },
+      [this](size_t i) {
+        return engines_[i]->stats().send_latency_sum_us.load(std::memory_order_relaxed) / 1e6;
+      });
+  double commit_bounds[W::Stats::kBuckets];
+  for (size_t b = 0; b < W::Stats::kBuckets; ++b) commit_bounds[b] = W::Stats::kBucketsUs[b] / 1e6;
+  histogram(
+      "parley_storage_commit_seconds", "Duration of one group commit (write + fsync).",
+      commit_bounds,
+      [this](size_t i, size_t b) {
+        return writers_[i]->stats().latency_le[b].load(std::memory_order_relaxed);
+      },
+      [this](size_t i) {
+        return writers_[i]->stats().latency_sum_us.load(std::memory_order_relaxed) / 1e6;
+      });
+  store::Store::Stats st = store_->GetStats();
+  absl::StrAppend(out, "# HELP parley_storage_live_data_bytes Estimated live data in RocksDB.\n",
+                  "# TYPE parley_storage_live_data_bytes gauge\nparley_storage_live_data_bytes ",
+                  st.live_data_bytes, "\n");
+  absl::StrAppend(out, "# HELP parley_storage_memtable_bytes RocksDB memtables.\n",
+                  "# TYPE parley_storage_memtable_bytes gauge\nparley_storage_memtable_bytes ",
+                  st.memtable_bytes, "\n");
 }
 
 void Server::Stop(int64_t grace_ms) {

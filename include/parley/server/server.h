@@ -11,7 +11,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "parley/chat/engine_shard.h"
+#include "parley/chat/router.h"
 #include "parley/config/config.h"
+#include "parley/store/shard_writer.h"
+#include "parley/store/store.h"
 #include "parley/net/core_mesh.h"
 #include "parley/net/reactor.h"
 #include "parley/server/core_context.h"
@@ -35,13 +39,21 @@ class Server {
 
  private:
   void CoreMain(int core);
+  void AppendEngineMetrics(std::string* out);
 
   const Config& config_;
   int threads_ = 1;
   uint16_t port_ = 0;
+  // Destruction order matters: engines and writers go before the store they use.
+  std::unique_ptr<store::Store> store_;
   std::unique_ptr<net::CoreMesh> mesh_;
+  std::unique_ptr<chat::Router> router_;
   std::vector<std::unique_ptr<net::Reactor>> reactors_;
+  std::vector<std::unique_ptr<store::ShardWriter>> writers_;
+  std::vector<std::unique_ptr<chat::EngineShard>> engines_;
+  std::vector<chat::EngineShard*> engine_ptrs_;
   std::vector<std::unique_ptr<CoreContext>> contexts_;
+  std::vector<CoreContext*> context_ptrs_;
   std::vector<std::unique_ptr<CoreMetrics>> metrics_;
   std::vector<int> listen_fds_;
   std::vector<std::thread> threads_running_;
