@@ -14,14 +14,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <limits>
+#include <type_traits>
 #include <variant>
 
 #include "absl/status/status.h"
-#include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "parley/util/ids.h"
 
 namespace parley {
@@ -81,10 +80,10 @@ struct Field {
   FieldPtr (*get)(Config&);
 };
 
-#define PARLEY_FIELD(sec, name, help)                                     \
-  Field {                                                                 \
-#sec, #name, help, [](Config & c) -> FieldPtr { return &c.sec.name; } \
-  }
+// clang-format off
+#define PARLEY_FIELD(sec, name, help) \
+  Field{#sec, #name, help, [](Config& c) -> FieldPtr { return &c.sec.name; }}
+// clang-format on
 
 constexpr Field kFields[] = {
     PARLEY_FIELD(server, listen, "HOST:PORT to listen on; [IPv6]:PORT accepted"),
@@ -403,9 +402,12 @@ std::string RenderValue(const FieldPtr& p) {
 }
 
 absl::StatusOr<std::string> ReadConfigFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO or device given by mistake must not hang the open.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
-    return absl::NotFoundError(Cat("cannot open config file '", path, "': ", std::strerror(errno)));
+    int err = errno;
+    std::string message = Cat("cannot open config file '", path, "': ", std::strerror(err));
+    return err == ENOENT ? absl::NotFoundError(message) : absl::InvalidArgumentError(message);
   }
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -436,7 +438,10 @@ absl::StatusOr<std::string> ReadConfigFile(const std::string& path) {
 }
 
 bool ParseIpv4(std::string_view host, in_addr* out) {
-  if (host.empty() || host.size() > 15) return false;
+  // inet_pton stops at a NUL: refuse one rather than accept "127.0.0.1<NUL>junk".
+  if (host.empty() || host.size() > 15 || host.find('\0') != std::string_view::npos) {
+    return false;
+  }
   char buf[16];
   std::memcpy(buf, host.data(), host.size());
   buf[host.size()] = '\0';
@@ -444,7 +449,9 @@ bool ParseIpv4(std::string_view host, in_addr* out) {
 }
 
 bool ParseIpv6(std::string_view host, in6_addr* out) {
-  if (host.empty() || host.size() > 45) return false;
+  if (host.empty() || host.size() > 45 || host.find('\0') != std::string_view::npos) {
+    return false;
+  }
   char buf[46];
   std::memcpy(buf, host.data(), host.size());
   buf[host.size()] = '\0';
@@ -843,9 +850,13 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv,
           Cat("--user '", cl.token_user,
               "' is not a valid user id (1-64 bytes of A-Z a-z 0-9 _ . @ -)"));
     }
-    if (have_ttl && (!ParseInt64(ttl_text, &cl.token_ttl_s) || cl.token_ttl_s < 0)) {
+    // Capped at 100 years so that now + ttl cannot overflow.
+    constexpr int64_t kMaxTtl = int64_t{100} * 366 * 24 * 3600;
+    if (have_ttl && (!ParseInt64(ttl_text, &cl.token_ttl_s) || cl.token_ttl_s < 0 ||
+                     cl.token_ttl_s > kMaxTtl)) {
       return absl::InvalidArgumentError(
-          Cat("--ttl '", ttl_text, "': expected seconds, a non-negative integer (0 = no expiry)"));
+          Cat("--ttl '", ttl_text,
+              "': expected seconds, an integer from 0 (no expiry) to 3162240000 (100 years)"));
     }
     if (cl.config.auth.jwt_secret.size() < 16) {
       return absl::InvalidArgumentError(

@@ -514,6 +514,10 @@ TEST_CASE("config: listen addresses", "[config]") {
     CHECK_FALSE(a.ok());
     if (!a.ok()) CHECK(absl::StrContains(a.status().message(), "server.listen"));
   }
+  // An embedded NUL is not the end of the host.
+  CHECK_FALSE(ParseListenAddress(std::string("127.0.0.1\0x:80", 15)).ok());
+  CHECK_FALSE(ParseListenAddress(std::string("[::1\0x]:80", 11)).ok());
+  CHECK_FALSE(IsLoopbackHost(std::string("127.0.0.1\0x", 11)));
   // The bracket hint for a bare IPv6 address.
   CHECK(absl::StrContains(ParseListenAddress("::1:8080").status().message(), "brackets"));
 }
@@ -863,12 +867,15 @@ TEST_CASE("command line: token subcommand", "[config]") {
   REQUIRE(r.ok());
   CHECK(r->config.auth.jwt_secret == "secret-from-config-file");
   CHECK(r->token_ttl_s == 0);
+  r = Parse({"--config", path, "token", "--user", "carol", "--ttl=3162240000"});
+  REQUIRE(r.ok());
+  CHECK(r->token_ttl_s == 3162240000);
 
   std::string e = ErrorOf(Parse({"token", "--auth.jwt_secret", kSecret16}));
   CHECK(absl::StrContains(e, "--user"));
   e = ErrorOf(Parse({"token", "--user", "not valid", "--auth.jwt_secret", kSecret16}));
   CHECK(absl::StrContains(e, "not a valid user id"));
-  for (const char* ttl : {"-1", "soon", "", "1.5"}) {
+  for (const char* ttl : {"-1", "soon", "", "1.5", "3162240001", "9223372036854775807"}) {
     INFO(ttl);
     e = ErrorOf(Parse(
         {"token", "--user", "a", std::string("--ttl=") + ttl, "--auth.jwt_secret", kSecret16}));

@@ -71,7 +71,8 @@ absl::Status ApplyConfigOverride(Config* config, std::string_view dotted_key,
 absl::Status ValidateConfig(const Config& config);
 
 // Renders the effective configuration as TOML (for `parley --print-config`). The output parses
-// back with ParseConfigToml to an equal Config.
+// back with ParseConfigToml to an equal Config (for strings that are valid UTF-8, as every string
+// read from TOML is).
 std::string RenderConfigToml(const Config& config);
 
 // The same, but auth.jwt_secret and auth.admin_token, when set, are written as comments that give
