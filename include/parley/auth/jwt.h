@@ -18,6 +18,10 @@ struct TokenClaims {
   int64_t expires_at = 0;  // "exp" in seconds since the epoch; 0 when absent
 };
 
+// kMalformed: not a well-formed HS256 token (bad encoding, JSON, or claims; longer than 8 KiB).
+// kBadSignature: the signature does not verify, or "nbf" is still in the future (the token is
+//   not acceptable now, but it has not expired either).
+// kExpired: "exp" <= now. kUnsupported: "alg" is missing or not "HS256", or "crit" is present.
 enum class TokenError { kMalformed, kBadSignature, kExpired, kUnsupported };
 
 struct VerifyResult {
