@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
       std::printf("parley %s\n", PARLEY_VERSION);
       return 0;
     case parley::CommandLine::Action::kPrintConfig:
-      std::cout << parley::RenderConfigToml(cli->config);
+      std::cout << parley::RenderConfigToml(cli->config, /*hide_secrets=*/true);
       return 0;
     case parley::CommandLine::Action::kToken: {
       if (cli->config.auth.jwt_secret.empty()) {

@@ -6,6 +6,8 @@
 #include "parley/proto/frames.h"
 #include "parley/proto/request.h"
 #include "parley/util/clock.h"
+#include "parley/util/json_writer.h"
+#include "parley/util/strings.h"
 
 namespace parley::chat {
 
@@ -18,7 +20,13 @@ int64_t NowMicros() {
 }
 
 std::string CmidKey(std::string_view from, std::string_view cmid) {
-  return absl::StrCat(from, std::string_view("\0", 1), cmid);
+  return StrCat(from, std::string_view("\0", 1), cmid);
+}
+
+SendResult Failed(absl::Status status) {
+  SendResult r;
+  r.status = std::move(status);
+  return r;
 }
 
 // A commit that failed is retried after this long (disk full, I/O error).
@@ -140,7 +148,7 @@ void EngineShard::SendOnSenderCore(SendArgs args, int reply_core, Reply<SendResu
   auto existing = deps_.store->GetDedupe(args.from, args.cmid);
   if (!existing.ok()) {
     ReplyTo(reply_core, std::move(reply),
-            {absl::UnavailableError("storage is unavailable"), "", 0, 0, false});
+            Failed(absl::UnavailableError("storage is unavailable")));
     return;
   }
   if (existing->has_value()) {
@@ -196,18 +204,18 @@ void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
   };
   if (!args->group.empty()) {
     auto group = deps_.store->GetGroup(args->group);
-    if (!group.ok()) return answer({absl::UnavailableError("storage is unavailable")});
+    if (!group.ok()) return answer(Failed(absl::UnavailableError("storage is unavailable")));
     if (!group->has_value()) {
-      return answer({absl::NotFoundError(absl::StrCat("group '", args->group, "' does not exist"))});
+      return answer(Failed(absl::NotFoundError(StrCat("group '", args->group, "' does not exist"))));
     }
     members = (*group)->members;
     if (!args->admin &&
         std::find(members.begin(), members.end(), args->from) == members.end()) {
-      return answer({absl::PermissionDeniedError("only members may write to a group")});
+      return answer(Failed(absl::PermissionDeniedError("only members may write to a group")));
     }
   }
   auto loaded = LoadConv(conv);
-  if (!loaded.ok()) return answer({absl::UnavailableError("storage is unavailable")});
+  if (!loaded.ok()) return answer(Failed(absl::UnavailableError("storage is unavailable")));
   ConvState& cs = **loaded;
 
   auto msg = std::make_shared<Message>();
@@ -236,7 +244,7 @@ void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
       // Nothing of this conversation that was not durable survives a failed commit: reload
       // its sequence from the store next time.
       if (it != convs_.end()) convs_.erase(it);
-      answer({absl::UnavailableError("the message could not be stored; try again")});
+      answer(Failed(absl::UnavailableError("the message could not be stored; try again")));
       return;
     }
     if (it != convs_.end()) {
@@ -369,7 +377,7 @@ absl::Status EngineShard::Ack(Device& device, int64_t inbox,
   UserState& u = **loaded;
   if (inbox > u.inbox_durable) {
     return absl::InvalidArgumentError(
-        absl::StrCat("ack ", inbox, " is above the inbox_seq ", u.inbox_durable));
+        StrCat("ack ", inbox, " is above the inbox_seq ", u.inbox_durable));
   }
   auto it = u.cursors.find(device.device());
   if (it == u.cursors.end()) {
@@ -429,7 +437,7 @@ absl::Status EngineShard::Sync(Device& device, int64_t id, int64_t since, int64_
     if (!rec.event_json.empty()) {
       // Stored events are JSON objects without "inbox": insert it after the opening brace.
       std::string* o = w.Item();
-      absl::StrAppend(o, "{\"op\":\"group\",\"inbox\":", inbox, ",",
+      StrAppend(o, "{\"op\":\"group\",\"inbox\":", inbox, ",",
                       std::string_view(rec.event_json).substr(1));
       continue;
     }
@@ -567,9 +575,9 @@ absl::Status EngineShard::Convs(const std::string& user, int64_t id, int64_t lim
   proto::ListOkWriter w(out, id, "convs");
   for (const auto& [conv, rec] : convs) {
     std::string* o = w.Item();
-    absl::StrAppend(o, "{\"conv\":");
+    StrAppend(o, "{\"conv\":");
     AppendJsonString(o, conv);
-    absl::StrAppend(o, ",\"last_seq\":", rec.last_seq, ",\"last_ts\":", rec.last_ts,
+    StrAppend(o, ",\"last_seq\":", rec.last_seq, ",\"last_ts\":", rec.last_ts,
                     ",\"read_seq\":", rec.read_seq, "}");
   }
   w.Finish({}, false, false);

@@ -10,6 +10,7 @@
 #include "parley/proto/frames.h"
 #include "parley/proto/request.h"
 #include "parley/util/clock.h"
+#include "parley/util/strings.h"
 #include "parley/util/ids.h"
 
 namespace parley::server {
@@ -45,7 +46,7 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     if (inbox <= delivered_upto_ || ws_ == nullptr) return;
     delivered_upto_ = inbox;
     Scratch().clear();
-    absl::StrAppend(&Scratch(), "{\"op\":\"group\",\"inbox\":", inbox, ",", event_json.substr(1));
+    StrAppend(&Scratch(), "{\"op\":\"group\",\"inbox\":", inbox, ",", event_json.substr(1));
     ws_->SendText(Scratch());
   }
   void DeliverEphemeral(std::string_view frame) override {
@@ -100,7 +101,7 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     }
     if (id_.hello_id < 0) return;
     std::string out;
-    const std::string session = absl::StrCat(session_id_);
+    const std::string session = StrCat(session_id_);
     proto::AppendHelloOk(&out, id_.hello_id,
                          {id_.user, id_.device, session, ctx_.node_name, *inbox_seq,
                           ctx_.config->limits.heartbeat_ms});
@@ -119,7 +120,7 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     ws_->SendText(Scratch());
   }
   void SendStatus(int64_t id, const absl::Status& st) {
-    if (!st.ok()) return SendError(id, chat::ProtocolCode(st), st.message());
+    if (!st.ok()) return SendError(id, chat::ProtocolCode(st), ToStd(st.message()));
     if (id < 0 || ws_ == nullptr) return;
     Scratch().clear();
     proto::AppendOk(&Scratch(), id);
@@ -217,7 +218,7 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
                       ChatEndpoint* ep = *self;
                       if (ep == nullptr) return;
                       if (!r.status.ok()) {
-                        return ep->SendError(id, chat::ProtocolCode(r.status), r.status.message());
+                        return ep->SendError(id, chat::ProtocolCode(r.status), ToStd(r.status.message()));
                       }
                       if (id < 0 || ep->ws_ == nullptr) return;
                       ep->Scratch().clear();
@@ -269,7 +270,7 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
         return SendStatus(req.id, engine.Typing(*this, req.to, req.group));
       default:
         return SendError(req.id, "unavailable",
-                         absl::StrCat("op '", proto::OpName(req.op), "' is not available yet"));
+                         StrCat("op '", proto::OpName(req.op), "' is not available yet"));
     }
   }
 

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "parley/chat/errors.h"
 #include "parley/http/response.h"
+#include "parley/util/strings.h"
 #include "parley/proto/frames.h"
 #include "parley/proto/request.h"
 #include "parley/util/ids.h"
@@ -141,7 +142,7 @@ void HttpSession::AdminSend(const http::Request& req, std::string_view body) {
   std::string_view auth = req.Find("Authorization");
   constexpr std::string_view kBearer = "Bearer ";
   const bool authorized =
-      !token.empty() && absl::StartsWith(auth, kBearer) &&
+      !token.empty() && auth.starts_with(kBearer) &&
       auth.size() - kBearer.size() == token.size() &&
       CRYPTO_memcmp(auth.data() + kBearer.size(), token.data(), token.size()) == 0;
   if (!authorized) {
@@ -157,7 +158,7 @@ void HttpSession::AdminSend(const http::Request& req, std::string_view body) {
   std::string_view rest = body.substr(brace + 1);
   const bool empty_object = rest.find_first_not_of(" \t\r\n") != std::string_view::npos &&
                             rest[rest.find_first_not_of(" \t\r\n")] == '}';
-  std::string json = absl::StrCat("{\"op\":\"send\"", empty_object ? "" : ",", rest);
+  std::string json = StrCat("{\"op\":\"send\"", empty_object ? "" : ",", rest);
   simdjson::padded_string padded(json);
   proto::Request send;
   proto::DecodeError err;
@@ -189,7 +190,7 @@ void HttpSession::AdminSend(const http::Request& req, std::string_view body) {
     awaiting_ = false;
     if (!r.status.ok()) {
       return Respond(HttpStatusFor(r.status), kJson,
-                     ErrorBody(chat::ProtocolCode(r.status), r.status.message()));
+                     ErrorBody(chat::ProtocolCode(r.status), ToStd(r.status.message())));
     }
     std::string out;
     JsonObjectWriter(&out).Str("op", "ok").Str("conv", r.conv).Int("seq", r.seq).Int("ts", r.ts)
