@@ -94,11 +94,26 @@ absl::StatusOr<int64_t> EngineShard::AttachDevice(Device* device) {
   if (!u.ok()) return u.status();
   if ((*u)->devices.empty()) stats_.online_users.fetch_add(1, std::memory_order_relaxed);
   (*u)->devices.push_back(device);
+  devices_by_session_[device->device_session_id()] = device;
   stats_.online_devices.fetch_add(1, std::memory_order_relaxed);
+  Presence& p = presence_[device->user()];
+  if (p.devices++ == 0) {
+    // Offline -> online; a further device's hello does not reset a "busy".
+    p.status = Status::kOnline;
+    p.last_seen = WallMillis();
+    PresenceChanged(device->user());
+  }
   return (*u)->inbox_durable;
 }
 
 void EngineShard::DetachDevice(Device* device) {
+  const uint64_t session = device->device_session_id();
+  devices_by_session_.erase(session);
+  if (auto w = watching_.find(session); w != watching_.end()) {
+    std::vector<std::string> users(w->second.begin(), w->second.end());
+    Unwatch(*device, users);
+    watching_.erase(session);
+  }
   auto it = users_.find(device->user());
   if (it == users_.end()) return;
   auto& devices = it->second->devices;
@@ -107,7 +122,186 @@ void EngineShard::DetachDevice(Device* device) {
   devices.erase(pos);
   stats_.online_devices.fetch_sub(1, std::memory_order_relaxed);
   if (devices.empty()) stats_.online_users.fetch_sub(1, std::memory_order_relaxed);
+  Presence& p = presence_[device->user()];
+  if (p.devices > 0 && --p.devices == 0) {
+    p.status = Status::kOffline;
+    p.last_seen = WallMillis();
+    PresenceChanged(device->user());
+  }
   MaybeEvict(device->user());
+}
+
+// ---------------------------------------------------------------- presence
+
+std::string_view EngineShard::StatusName(Status s) {
+  switch (s) {
+    case Status::kOnline: return "online";
+    case Status::kBusy: return "busy";
+    default: return "offline";
+  }
+}
+
+EngineShard::PresenceInfo EngineShard::Snapshot(const std::string& user) {
+  PresenceInfo info;
+  info.user = user;
+  auto it = presence_.find(user);
+  if (it == presence_.end()) {
+    info.status = "offline";
+    return info;
+  }
+  info.status = StatusName(it->second.status);
+  info.last_seen = it->second.devices > 0 ? WallMillis() : it->second.last_seen;
+  return info;
+}
+
+absl::Status EngineShard::SetStatus(Device& device, std::string_view status) {
+  Presence& p = presence_[device.user()];
+  const Status wanted = status == "busy" ? Status::kBusy : Status::kOnline;
+  if (p.devices == 0 || p.status == wanted) return absl::OkStatus();
+  p.status = wanted;
+  PresenceChanged(device.user());
+  return absl::OkStatus();
+}
+
+void EngineShard::PresenceChanged(const std::string& user) {
+  auto it = watch_cores_.find(user);
+  if (it == watch_cores_.end()) return;
+  const PresenceInfo info = Snapshot(user);
+  const std::string status(info.status);
+  for (int core = 0; core < deps_.router->cores(); ++core) {
+    if (!(it->second & (uint64_t{1} << core))) continue;
+    if (core == deps_.core) {
+      DeliverPresence(user, status, info.last_seen);
+      continue;
+    }
+    deps_.router->SubmitToCore(deps_.core, core,
+                               [&target = on(core), user, status, last_seen = info.last_seen] {
+                                 target.DeliverPresence(user, status, last_seen);
+                               });
+  }
+}
+
+void EngineShard::DeliverPresence(const std::string& user, std::string_view status,
+                                  int64_t last_seen) {
+  auto it = local_watchers_.find(user);
+  if (it == local_watchers_.end()) return;
+  std::string frame;
+  proto::AppendPresence(&frame, user, status, last_seen);
+  for (uint64_t session : it->second) {
+    // A watch still collecting its snapshot takes the newer state instead of an event.
+    bool pending = false;
+    for (auto& [id, pw] : pending_watches_) {
+      if (pw->session != session) continue;
+      if (auto g = pw->got.find(user); g != pw->got.end()) {
+        g->second.status = status == "online" ? "online" : status == "busy" ? "busy" : "offline";
+        g->second.last_seen = last_seen;
+        pending = true;
+      }
+    }
+    if (pending) continue;
+    if (auto d = devices_by_session_.find(session); d != devices_by_session_.end()) {
+      d->second->DeliverEphemeral(frame);
+    }
+  }
+}
+
+void EngineShard::Subscribe(int core, const std::vector<std::string>& users, bool on) {
+  for (const std::string& u : users) {
+    if (on) {
+      watch_cores_[u] |= uint64_t{1} << core;
+    } else if (auto it = watch_cores_.find(u); it != watch_cores_.end()) {
+      it->second &= ~(uint64_t{1} << core);
+      if (it->second == 0) watch_cores_.erase(it);
+    }
+  }
+}
+
+void EngineShard::Watch(Device& device, std::vector<std::string> users,
+                        Reply<absl::StatusOr<std::vector<PresenceInfo>>> done) {
+  const uint64_t session = device.device_session_id();
+  auto& mine = watching_[session];
+  // Duplicates within the request, and users already watched, count once.
+  absl::flat_hash_set<std::string> distinct(users.begin(), users.end());
+  size_t fresh = 0;
+  for (const auto& u : distinct) fresh += mine.contains(u) ? 0 : 1;
+  if (mine.size() + fresh > deps_.config->limits.max_watch) {
+    return done(absl::OutOfRangeError(StrCat("a connection may watch at most ",
+                                             deps_.config->limits.max_watch, " users")));
+  }
+  // Group the users by owner core: one hop per owner, which subscribes this core and answers
+  // with a snapshot. Changes after the snapshot follow it on the same FIFO channel.
+  absl::flat_hash_map<int, std::vector<std::string>> by_owner;
+  for (const auto& u : distinct) {
+    if (mine.insert(u).second) local_watchers_[u].push_back(session);
+    by_owner[deps_.router->CoreOfUser(u)].push_back(u);
+  }
+  const uint64_t id = next_watch_++;
+  auto pw = std::make_unique<PendingWatch>();
+  pw->session = session;
+  pw->users = std::move(users);
+  pw->outstanding = static_cast<int>(by_owner.size());
+  pw->done = std::move(done);
+  pending_watches_.emplace(id, std::move(pw));
+  auto finish_part = [this, id](std::vector<PresenceInfo> part) {
+    auto it = pending_watches_.find(id);
+    if (it == pending_watches_.end()) return;
+    PendingWatch& p = *it->second;
+    for (auto& info : part) p.got[info.user] = std::move(info);
+    if (--p.outstanding > 0) return;
+    std::vector<PresenceInfo> snapshot;
+    for (const auto& u : p.users) snapshot.push_back(p.got[u]);
+    auto done = std::move(p.done);
+    pending_watches_.erase(it);
+    done(std::move(snapshot));
+  };
+  for (auto& [owner, list] : by_owner) {
+    const int me = deps_.core;
+    if (owner == me) {
+      Subscribe(me, list, true);
+      std::vector<PresenceInfo> part;
+      for (const auto& u : list) part.push_back(Snapshot(u));
+      finish_part(std::move(part));
+      continue;
+    }
+    deps_.router->SubmitToCore(me, owner, [&target = on(owner), me, list,
+                                           finish_part]() mutable {
+      target.Subscribe(me, list, true);
+      std::vector<PresenceInfo> part;
+      for (const auto& u : list) part.push_back(target.Snapshot(u));
+      target.deps_.router->SubmitToCore(target.core(), me,
+                                        [part = std::move(part), finish_part]() mutable {
+                                          finish_part(std::move(part));
+                                        });
+    });
+  }
+}
+
+void EngineShard::Unwatch(Device& device, const std::vector<std::string>& users) {
+  const uint64_t session = device.device_session_id();
+  auto mine = watching_.find(session);
+  if (mine == watching_.end()) return;
+  absl::flat_hash_map<int, std::vector<std::string>> gone;  // owner -> users nobody here watches
+  for (const auto& u : users) {
+    if (!mine->second.erase(u)) continue;
+    auto it = local_watchers_.find(u);
+    if (it == local_watchers_.end()) continue;
+    auto& v = it->second;
+    v.erase(std::remove(v.begin(), v.end(), session), v.end());
+    if (v.empty()) {
+      local_watchers_.erase(it);
+      gone[deps_.router->CoreOfUser(u)].push_back(u);
+    }
+  }
+  for (auto& [owner, list] : gone) {
+    if (owner == deps_.core) {
+      Subscribe(owner, list, false);
+      continue;
+    }
+    deps_.router->SubmitToCore(deps_.core, owner,
+                               [&target = on(owner), me = deps_.core, list = std::move(list)] {
+                                 target.Subscribe(me, list, false);
+                               });
+  }
 }
 
 // ---------------------------------------------------------------- send pipeline

@@ -12,6 +12,7 @@
 #include "parley/util/clock.h"
 #include "parley/util/strings.h"
 #include "parley/util/ids.h"
+#include "parley/util/json_writer.h"
 
 namespace parley::server {
 
@@ -268,6 +269,38 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
           return;
         }
         return SendStatus(req.id, engine.Typing(*this, req.to, req.group));
+      case proto::Op::kPresence:
+        return SendStatus(req.id, engine.SetStatus(*this, req.status));
+      case proto::Op::kWatch: {
+        std::vector<std::string> users(req.users.begin(), req.users.end());
+        engine.Watch(*this, std::move(users),
+                     [self = self_, id = req.id](
+                         absl::StatusOr<std::vector<chat::EngineShard::PresenceInfo>> r) {
+                       ChatEndpoint* ep = *self;
+                       if (ep == nullptr) return;
+                       if (!r.ok()) return ep->SendStatus(id, r.status());
+                       if (id < 0 || ep->ws_ == nullptr) return;
+                       std::string& out = ep->Scratch();
+                       out.clear();
+                       proto::ListOkWriter w(&out, id, "presence");
+                       for (const auto& p : *r) {
+                         std::string* o = w.Item();
+                         o->append("{\"user\":");
+                         AppendJsonString(o, p.user);
+                         o->append(",\"status\":\"");
+                         o->append(p.status);
+                         StrAppend(o, "\",\"last_seen\":", p.last_seen, "}");
+                       }
+                       w.Finish({}, false, false);
+                       ep->ws_->SendText(out);
+                     });
+        return;
+      }
+      case proto::Op::kUnwatch: {
+        std::vector<std::string> users(req.users.begin(), req.users.end());
+        engine.Unwatch(*this, users);
+        return SendStatus(req.id, absl::OkStatus());
+      }
       default:
         return SendError(req.id, "unavailable",
                          StrCat("op '", proto::OpName(req.op), "' is not available yet"));
