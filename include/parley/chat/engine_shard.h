@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -139,6 +140,25 @@ class EngineShard {
              Reply<absl::StatusOr<std::vector<PresenceInfo>>> done);
   void Unwatch(Device& device, const std::vector<std::string>& users);
 
+  // ---- Groups (run on the group's owner; answers come back to `reply_core`) ----
+  struct GroupOp {
+    enum Kind { kCreate, kAdd, kRemove, kLeave, kInfo } kind = kInfo;
+    std::string by;      // the requesting user
+    std::string group;   // empty for kCreate: the server picks one
+    std::string name;
+    std::vector<std::string> users;
+  };
+  struct GroupResult {
+    absl::Status status;
+    std::string group;
+    std::string name;
+    std::string owner;
+    std::vector<std::string> members;
+  };
+  void Group(GroupOp op, int reply_core, Reply<GroupResult> reply);
+  // The `groups` op: the user's groups with their names.
+  absl::Status Groups(const std::string& user, int64_t id, std::string* out);
+
   // Called on the engine's core once per reactor loop iteration.
   void Poll() { deps_.writer->Poll(); }
 
@@ -217,6 +237,16 @@ class EngineShard {
     int outstanding = 0;
     Reply<absl::StatusOr<std::vector<PresenceInfo>>> done;
   };
+
+  // Group state cached on the group's owner; nullopt = known not to exist.
+  absl::StatusOr<store::GroupRecord*> LoadGroup(const std::string& group);
+  void GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> reply);
+  // Member's owner: one group event into the user's inbox, joining (join_seq >= 0: the
+  // conversation record starts there) or leaving (the record goes) the group's conversation.
+  void AppendGroupEvent(std::string user, std::string conv, std::shared_ptr<const std::string> event,
+                        int64_t join_seq, bool leave, int64_t ts, absl::AnyInvocable<void()> confirm);
+  absl::flat_hash_map<std::string, std::optional<store::GroupRecord>> groups_;
+  uint64_t group_id_state_ = 0;
 
   Deps deps_;
   absl::flat_hash_map<std::string, Presence> presence_;
