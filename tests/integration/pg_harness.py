@@ -373,6 +373,13 @@ class SilentClient:
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.writer.write(head + mask + masked)
 
+    def send_close(self, code=1000):
+        """A masked close frame; the client then stays silent (it neither reads nor closes)."""
+        payload = struct.pack("!H", code)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(bytes([0x88, 0x80 | len(payload)]) + mask + masked)
+
     async def read_frame(self):
         b0, b1 = await self.reader.readexactly(2)
         n = b1 & 0x7F

@@ -247,11 +247,16 @@ class GroupTest(GroupCase):
         await self.create(alice, "team", ["bob"])
         await self.send(alice, "team", "a-1")
         await bob.next_event("msg")
-        await carol.error("group_info", "forbidden", group="team")
-        await carol.error("history", "forbidden", conv="g:team")
-        await carol.error("send", "forbidden", group="team", cmid="c-1", body="let me in")
-        await carol.error("typing", "forbidden", group="team")
-        await carol.error("read", "forbidden", conv="g:team", seq=1)
+        cases = [
+            ("group_info", {"group": "team"}),
+            ("history", {"conv": "g:team"}),
+            ("send", {"group": "team", "cmid": "c-1", "body": "let me in"}),
+            ("typing", {"group": "team"}),
+            ("read", {"conv": "g:team", "seq": 1}),
+        ]
+        for op, fields in cases:
+            with self.subTest(op=op):
+                await carol.error(op, "forbidden", **fields)
         await bob.no_event("msg", QUIET)
         await bob.no_event("typing", 0)
         await bob.no_event("receipt", 0)
@@ -260,14 +265,19 @@ class GroupTest(GroupCase):
 
     async def test_a_group_that_does_not_exist_is_not_found(self):
         alice = await self.client("alice")
-        await alice.error("group_info", "not_found", group="nope")
-        await alice.error("history", "not_found", conv="g:nope")
-        await alice.error("send", "not_found", group="nope", cmid="a-1", body="hello?")
-        await alice.error("typing", "not_found", group="nope")
-        await alice.error("read", "not_found", conv="g:nope", seq=1)
-        await alice.error("group_add", "not_found", group="nope", users=["bob"])
-        await alice.error("group_remove", "not_found", group="nope", users=["bob"])
-        await alice.error("group_leave", "not_found", group="nope")
+        cases = [
+            ("group_info", {"group": "nope"}),
+            ("history", {"conv": "g:nope"}),
+            ("send", {"group": "nope", "cmid": "a-1", "body": "hello?"}),
+            ("typing", {"group": "nope"}),
+            ("read", {"conv": "g:nope", "seq": 1}),
+            ("group_add", {"group": "nope", "users": ["bob"]}),
+            ("group_remove", {"group": "nope", "users": ["bob"]}),
+            ("group_leave", {"group": "nope"}),
+        ]
+        for op, fields in cases:
+            with self.subTest(op=op):
+                await alice.error(op, "not_found", **fields)
 
     async def test_groups_lists_the_users_groups_with_names(self):
         alice, bob, carol, dave = await self.clients_for(["alice", "bob", "carol", "dave"])
@@ -466,6 +476,47 @@ class GroupMessageTest(GroupCase):
             self.assertEqual(live_events, events, f"{user}: live events against sync")
             c.assert_gapless()
 
+    async def test_membership_changes_during_a_message_burst(self):
+        # Two members send while the owner adds and removes others: every inbox stays gapless,
+        # each user's messages follow the conversation's order without repeats, those present
+        # throughout get everything, and what arrived live is what sync returns.
+        owner, a, b, x, y, z = await self.clients_for(["owner", "a", "b", "x", "y", "z"])
+        await self.create(owner, "team", ["a", "b", "z"])
+        per_sender = 40
+
+        async def burst(c):
+            for i in range(per_sender):
+                await c.ok("send", group="team", cmid=f"{c.user}-{i}", body=f"{c.user} {i}")
+                if i % 8 == 0:
+                    await asyncio.sleep(0.005)
+
+        async def churn():
+            await owner.ok("group_add", group="team", users=["x"])
+            await owner.ok("group_add", group="team", users=["y"])
+            await owner.ok("group_remove", group="team", users=["z"])
+            await owner.ok("group_remove", group="team", users=["x"])
+
+        await asyncio.gather(burst(a), burst(b), churn())
+        total = 2 * per_sender
+        await owner.collect("msg", total, timeout=15)
+        await asyncio.sleep(1.0)
+        members = (await self.info(owner, "team"))["members"]
+        self.assertEqual(members, ["owner", "a", "b", "y"])
+        for c in (owner, a, b, x, y, z):
+            events, inbox_seq = await self.sync_all(c)
+            self.assertInboxGapless(events, c.user)
+            self.assertEqual(inbox_seq, len(events), c.user)
+            seqs = [e["seq"] for e in events if e["op"] == "msg"]
+            if c.user in ("owner", "a", "b"):
+                self.assertEqual(seqs, list(range(1, total + 1)), f"{c.user}: messages")
+            elif seqs:
+                self.assertEqual(seqs, list(range(seqs[0], seqs[0] + len(seqs))),
+                                 f"{c.user}: messages not a gapless run of seq")
+            if c.user == "y":
+                self.assertEqual(seqs[-1] if seqs else None, total, "y stays to the end")
+            live = [e[0] for e in c.events if e[0]["op"] in ("msg", "group")]
+            self.assertEqual(live, events, f"{c.user}: live events against sync")
+
     async def test_typing_reaches_the_other_members_only(self):
         a1 = await self.client("alice", "d1")
         a2 = await self.client("alice", "d2")
@@ -542,6 +593,17 @@ class GroupMessageTest(GroupCase):
         self.assertEqual([(e["op"], e.get("change"), e.get("seq")) for e in events],
                          [("group", "created", None), ("msg", None, 1),
                           ("group", "removed", None)])
+        # added back: a member again, from the next message on
+        await alice.ok("group_add", group="team", users=["carol"])
+        ev = await carol.next_event("group", match=lambda e: e["change"] == "added")
+        self.assertGroupEvent(ev, "team", "added", ["carol"], "alice")
+        await self.send(bob, "team", "b-3")
+        m = await carol.next_event("msg")
+        self.assertEqual((m["seq"], m["cmid"]), (3, "b-3"), m)
+        hist = await carol.ok("history", conv="g:team")
+        self.assertEqual([x["seq"] for x in hist["msgs"]], [1, 2, 3])
+        await carol.ok("read", conv="g:team", seq=3)
+        carol.assert_gapless()
 
     async def test_a_member_added_later_reads_the_full_history_and_gets_new_messages(self):
         alice, bob = await self.clients_for(["alice", "bob"])

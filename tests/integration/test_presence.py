@@ -182,6 +182,33 @@ class PresenceTest(PresenceCase):
         await b.close()
         await self.change(w, "bob", "offline", start, "connection close")
 
+    async def test_an_abrupt_disconnect_is_offline_within_a_second(self):
+        w = await self.client("watcher")
+        await w.ok("watch", users=["carol"])
+        raw = SilentClient(self.server.port)
+        self.silent.append(raw)
+        await raw.connect_and_hello("carol")
+        await w.next_event("presence", match=lambda e: e.get("status") == "online")
+        t0 = wall_ms()
+        start = time.monotonic()
+        raw.abort()  # TCP close without a WebSocket close frame
+        ev = await self.change(w, "carol", "offline", start, "abrupt disconnect")
+        self.assertNear(ev["last_seen"], t0, wall_ms(), "last_seen after an abrupt disconnect")
+
+    async def test_a_close_frame_then_silence_is_offline_within_a_second(self):
+        # The client says goodbye with a close frame and then vanishes (its network is gone):
+        # the connection is closed as far as the user is concerned.
+        w = await self.client("watcher")
+        await w.ok("watch", users=["carol"])
+        raw = SilentClient(self.server.port)
+        self.silent.append(raw)
+        await raw.connect_and_hello("carol")
+        await w.next_event("presence", match=lambda e: e.get("status") == "online")
+        start = time.monotonic()
+        raw.send_close(1000)
+        await raw.writer.drain()
+        await self.change(w, "carol", "offline", start, "close frame, then silence")
+
     async def test_watch_answers_the_snapshot_in_request_order(self):
         online = [f"on{i}" for i in range(6)]
         busy = [f"busy{i}" for i in range(3)]
