@@ -68,13 +68,15 @@ class Server:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def start(self, ready_timeout=20.0):
-        self.tmp = tempfile.mkdtemp(prefix="parley-pg-")
+        if self.tmp is None:
+            self.tmp = tempfile.mkdtemp(prefix="parley-pg-")
+        self.starts = getattr(self, "starts", 0) + 1
         last_error = None
         for attempt in range(3):  # a port picked as free may be taken before the bind
             self.port = free_port()
             data = os.path.join(self.tmp, "data")
             os.makedirs(data, exist_ok=True)
-            self.log_path = os.path.join(self.tmp, f"server-{attempt}.log")
+            self.log_path = os.path.join(self.tmp, f"server-{self.starts}-{attempt}.log")
             log = open(self.log_path, "wb")
             args = [parley_bin(), "--listen", f"127.0.0.1:{self.port}", "--data", data,
                     "--threads", str(self.threads)] + self.extra_args
@@ -115,7 +117,14 @@ class Server:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout=15.0):
+    def restart(self):
+        """SIGTERM (the exit status must be 0), then start again on the same data directory."""
+        rc, tail = self.stop(keep_data=True)
+        if rc != 0:
+            raise AssertionError(f"server exit status {rc} before the restart:\n{tail}")
+        return self.start()
+
+    def stop(self, timeout=15.0, keep_data=False):
         """SIGTERM; returns (exit code, log tail). Kills the process if it does not exit."""
         if self.proc is None:
             return 0, ""
@@ -129,11 +138,14 @@ class Server:
                 self.proc.wait()
                 rc = "did not exit within %ss of SIGTERM" % timeout
         tail = self.log_tail()
+        self.proc = None
+        if keep_data:
+            return rc, tail
         if os.environ.get("PG_KEEP"):
             sys.stderr.write(f"kept {self.tmp}\n")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
-        self.proc = None
+        self.tmp = None
         return rc, tail
 
 
@@ -153,7 +165,9 @@ class Client:
         self.hello_ok = None
         self._next_id = 1
         self._pending = {}
-        self.events = []  # [obj, monotonic arrival time, consumed]
+        self.rx = 0  # frames received so far
+        self.answer_rx = {}  # request id -> index of its answer among the received frames
+        self.events = []  # [obj, monotonic arrival time, consumed, index among received]
         self.stray = []  # answers with an id nobody waits for
         self._cond = asyncio.Condition()
         self._reader = None
@@ -172,8 +186,10 @@ class Client:
             async for raw in self.ws:
                 now = time.monotonic()
                 obj = json.loads(raw)
+                self.rx += 1
                 rid = obj.get("id")
                 if obj.get("op") in ("ok", "error") and rid is not None:
+                    self.answer_rx[rid] = self.rx
                     fut = self._pending.pop(rid, None)
                     if fut is not None and not fut.done():
                         fut.set_result(obj)
@@ -181,7 +197,7 @@ class Client:
                         self.stray.append(obj)
                     continue
                 async with self._cond:
-                    self.events.append([obj, now, False])
+                    self.events.append([obj, now, False, self.rx])
                     self._cond.notify_all()
         except websockets.ConnectionClosed:
             pass

@@ -242,6 +242,25 @@ class GroupTest(GroupCase):
         await alice.error("group_info", "not_found", group="pair")
         await bob.error("group_info", "not_found", group="pair")
 
+    async def test_a_recreated_group_does_not_inherit_the_deleted_groups_messages(self):
+        alice, bob, carol = await self.clients_for(["alice", "bob", "carol"])
+        await self.create(alice, "room", [])
+        for i in range(3):
+            await self.send(alice, "room", f"secret-{i}", body=f"alice's secret {i}")
+        await alice.ok("group_leave", group="room")  # the last member: the group is deleted
+        await alice.error("group_info", "not_found", group="room")
+        # a new group under the same id, by someone who never was in the old one
+        await self.create(bob, "room", ["carol"])
+        hist = await bob.ok("history", conv="g:room")
+        with self.subTest("history of the new group"):
+            self.assertEqual([m["body"] for m in hist["msgs"]], [],
+                             "the deleted group's messages are readable by the new group")
+        ans = await self.send(carol, "room", "c-1", body="first of the new group")
+        with self.subTest("seq of the new group's first message"):
+            self.assertEqual(ans["seq"], 1, ans)
+        m = await bob.next_event("msg")
+        self.assertEqual(m["cmid"], "c-1", m)
+
     async def test_non_members_are_forbidden(self):
         alice, bob, carol = await self.clients_for(["alice", "bob", "carol"])
         await self.create(alice, "team", ["bob"])
@@ -633,6 +652,48 @@ class GroupMessageTest(GroupCase):
         events, _ = await self.sync_all(d1)
         self.assertInboxGapless(events, "dave")
         self.assertEqual([e.get("seq") for e in events if e["op"] == "msg"], [6])
+
+
+class GroupRestartTest(GroupCase):
+    async def test_groups_and_their_conversation_survive_a_restart(self):
+        alice, bob, carol, dave = await self.clients_for(["alice", "bob", "carol", "dave"])
+        await self.create(alice, "team", ["bob", "carol"], name="Team")
+        await alice.ok("group_add", group="team", users=["dave"])
+        await alice.ok("group_remove", group="team", users=["carol"])
+        await alice.ok("group_leave", group="team")
+        for i in range(3):
+            await self.send(bob, "team", f"b-{i}")
+        await dave.collect("msg", 3)
+        before = {}
+        for c in (alice, bob, carol, dave):
+            await c.close()
+        self.clients.clear()
+        self.server.restart()
+        alice, bob, carol, dave = await self.clients_for(["alice", "bob", "carol", "dave"])
+        for c in (alice, bob, carol, dave):
+            before[c.user] = c.hello_ok["inbox_seq"]
+        info = await self.info(dave, "team")
+        self.assertEqual((info["name"], info["owner"], info["members"]),
+                         ("Team", "bob", ["bob", "dave"]))
+        self.assertEqual([g["group"] for g in (await bob.ok("groups"))["groups"]], ["team"])
+        self.assertEqual((await carol.ok("groups"))["groups"], [])
+        await carol.error("history", "forbidden", conv="g:team")
+        hist = await dave.ok("history", conv="g:team")
+        self.assertEqual([m["cmid"] for m in hist["msgs"]], ["b-0", "b-1", "b-2"])
+        ans = await self.send(dave, "team", "d-0")
+        self.assertEqual(ans["seq"], 4)
+        for c in (bob, dave):
+            m = await c.next_event("msg")
+            self.assertEqual((m["seq"], m["inbox"]), (4, before[c.user] + 1), m)
+        await alice.no_event("msg", QUIET)
+        await carol.no_event("msg", 0)
+        await bob.error("group_create", "conflict", group="team", members=[])
+        # the owner's rights moved with the ownership
+        await bob.ok("group_add", group="team", users=["carol"])
+        await self.expect_group([carol], "team", "added", ["carol"], "bob")
+        for c in (alice, bob, carol, dave):
+            events, inbox_seq = await self.sync_all(c)
+            self.assertInboxGapless(events, c.user)
 
 
 class GroupSizeTest(GroupCase):

@@ -317,6 +317,49 @@ class PresenceTest(PresenceCase):
             await w.no_event("presence", 0.3)
 
 
+class PresenceStressTest(PresenceCase):
+    async def test_every_change_is_pushed_and_late_watchers_converge(self):
+        targets = [f"t{i:02d}" for i in range(10)]
+        toggles = 30
+        clients = await self.clients_for(targets)
+        early = await self.client("early")
+        await early.ok("watch", users=targets)
+        late_watchers = []
+
+        async def toggle(c, k):
+            for i in range(toggles):
+                await c.ok("presence", status="busy" if i % 2 == 0 else "online")
+                await asyncio.sleep(0.002 * ((i + k) % 4))
+
+        async def watch_midway(n):
+            await asyncio.sleep(0.02 * n)
+            w = await self.client(f"late{n}")
+            if n % 2:
+                await w.ok("watch", users=targets[:5])
+                await w.ok("unwatch", users=targets[:3])
+            ans = await w.ok("watch", users=targets)
+            late_watchers.append((w, ans))
+
+        await asyncio.gather(*(toggle(c, k) for k, c in enumerate(clients)),
+                             *(watch_midway(n) for n in range(6)))
+        await asyncio.sleep(1.0)
+        final = "busy" if toggles % 2 else "online"
+        # watching from before the first change: one event per change, in order
+        for u in targets:
+            evs = [e[0] for e in early.events if e[0].get("user") == u]
+            self.assertEqual([e["status"] for e in evs],
+                             ["busy" if i % 2 == 0 else "online" for i in range(toggles)],
+                             f"early watcher, {u}")
+        # watching midway: the snapshot, then the events after it, end in the final state
+        for w, ans in late_watchers:
+            ok_at = w.answer_rx[ans["id"]]
+            view = {p["user"]: p["status"] for p in ans["presence"]}
+            for ev in w.events:
+                if ev[3] > ok_at and ev[0].get("op") == "presence":
+                    view[ev[0]["user"]] = ev[0]["status"]
+            self.assertEqual(view, {u: final for u in targets}, f"{w.name}: final view")
+
+
 class MaxWatchTest(PresenceCase):
     server_args = ["--limits.max_watch=3"]
 
