@@ -6,9 +6,7 @@ Run: PARLEY_BIN=build/parley /usr/bin/python3 tests/integration/test_groups.py
 
 import asyncio
 import os
-import re
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pg_harness import ServerTestCase, main, wall_ms  # noqa: E402
