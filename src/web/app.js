@@ -144,6 +144,10 @@ class App {
 
   #onState(creds, s) {
     this.ui.setConnState(s);
+    if (this.store && (s.state === "waiting" || s.state === "stopped")) {
+      this.store.clearPresence();
+      this.ui.setOwnStatus("offline");
+    }
     if (s.state === "online") {
       // Membership events may name people we have not watched yet.
       this.client.watch(this.store.peopleToWatch());

@@ -54,21 +54,27 @@ export function typingText(users) {
 }
 
 /** One line describing a group membership event. */
+/** "bob", "bob and you", "bob, carol and you". */
+function listOf(names) {
+  if (names.length <= 1) return names.join("");
+  return `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]}`;
+}
+
 export function groupEventText(n, me) {
   const who = (u) => (u === me ? "you" : u);
-  const list = n.users.map(who).join(", ");
+  const list = listOf(n.users.map(who));
   const by = n.by === me ? "You" : n.by;
   switch (n.change) {
     case "created":
-      return `${by} created the group with ${n.users.filter((u) => u !== n.by).map(who).join(", ") || "nobody else"}`;
+      return `${by} created the group with ${listOf(n.users.filter((u) => u !== n.by).map(who)) || "nobody else"}`;
     case "added":
       return `${by} added ${list}`;
     case "removed":
       return `${by} removed ${list}`;
     case "left":
-      return `${n.users.map((u) => (u === me ? "You" : u)).join(", ")} left`;
+      return `${listOf(n.users.map((u) => (u === me ? "You" : u)))} left`;
     case "owner":
-      return `${n.users.map((u) => (u === me ? "You are" : `${u} is`)).join(", ")} now the owner`;
+      return n.users[0] === me ? "You are now the owner" : `${n.users[0]} is now the owner`;
     default:
       return `${n.change}: ${list}`;
   }

@@ -325,6 +325,12 @@ export class Store {
     return this.#presence.get(user);
   }
 
+  /** Presence is live information: while disconnected we do not know it. */
+  clearPresence() {
+    this.#presence.clear();
+    this.#changed(false);
+  }
+
   setPresence(ev) {
     this.#presence.set(ev.user, { status: ev.status, last_seen: ev.last_seen });
     this.#changed(false);

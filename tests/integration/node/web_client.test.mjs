@@ -276,10 +276,10 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
     await bob.locator("#composer-input").press("Enter");
     await waitForMessage(alice, "Sure, see you there!");
     await until(async () => (await alice.locator("#typing").textContent()) === "", "typing cleared by the message");
-    await send(alice, "Great 👍");
-    await waitForMessage(bob, "Great 👍");
+    await send(alice, "Génial, à tout à l’heure");
+    await waitForMessage(bob, "Génial, à tout à l’heure");
 
-    const expected = ["Hi Bob, lunch at noon?", "Sure, see you there!", "Great 👍"];
+    const expected = ["Hi Bob, lunch at noon?", "Sure, see you there!", "Génial, à tout à l’heure"];
     assertOnceInOrder(await shownMessages(alice), expected, "alice");
     assertOnceInOrder(await shownMessages(bob), expected, "bob");
     const aliceView = await shownMessages(alice);
@@ -371,7 +371,7 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
     await signIn(tab2, server, "alice", "tablet");
     // The new device replays alice's inbox: the direct chat is there with its messages.
     await openConv(tab2, "d:alice:bob");
-    assertOnceInOrder(await shownMessages(tab2), ["Hi Bob, lunch at noon?", "Sure, see you there!", "Great 👍"], "tab2");
+    assertOnceInOrder(await shownMessages(tab2), ["Hi Bob, lunch at noon?", "Sure, see you there!", "Génial, à tout à l’heure"], "tab2");
 
     // Both tabs look at the group, so bob's next message arrives unread in both...
     await openConv(alice, "g:team");
@@ -392,7 +392,7 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
     await waitForMessage(bob, "Yes, writing from the tablet");
     for (const [name, p] of [["tab1", alice], ["tab2", tab2], ["bob", bob]]) {
       const msgs = await shownMessages(p);
-      assertOnceInOrder(msgs, ["Great 👍", "Are you on your tablet?", "Yes, writing from the tablet"], name);
+      assertOnceInOrder(msgs, ["Génial, à tout à l’heure", "Are you on your tablet?", "Yes, writing from the tablet"], name);
     }
     assert.equal((await shownMessages(alice)).at(-1).mine, true);
     await tab2.close();
@@ -425,7 +425,7 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
     const expected = [
       "Hi Bob, lunch at noon?",
       "Sure, see you there!",
-      "Great 👍",
+      "Génial, à tout à l’heure",
       "Are you on your tablet?",
       "Yes, writing from the tablet",
       "Sent while offline",
@@ -484,6 +484,25 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
     assert.equal(await carol.locator(".chat").isVisible(), false, "chat hidden in the phone list view");
     await openConv(alice, "d:alice:carol");
     await waitForMessage(alice, "Phone check");
+
+    // Keyboard: Escape leaves the message box for the conversation's entry in the list, arrow
+    // keys move along the list, Enter opens a conversation.
+    await alice.locator("#composer-input").focus();
+    await alice.keyboard.press("Escape");
+    assert.equal(await alice.evaluate(() => document.activeElement.dataset.conv), "d:alice:carol");
+    await alice.keyboard.press("ArrowDown");
+    const next = await alice.evaluate(() => document.activeElement.dataset.conv);
+    assert.ok(next && next !== "d:alice:carol", `arrow moved to ${next}`);
+    await alice.keyboard.press("Enter");
+    await until(async () => (await alice.locator('.conv-item[aria-current="true"]').getAttribute("data-conv")) === next, "Enter opened it");
+    assert.equal(await alice.evaluate(() => document.activeElement.id), "composer-input");
+    // Every form control has a label.
+    for (const p of [alice, carol]) {
+      const unlabelled = await p.$$eval("input, textarea, select", (els) =>
+        els.filter((e) => !e.labels?.length && !e.getAttribute("aria-label")).map((e) => e.id),
+      );
+      assert.deepEqual(unlabelled, []);
+    }
 
     assert.deepEqual(consoleErrors, [], "no script errors in any page");
   });
