@@ -216,7 +216,9 @@ class App {
       signIn: (creds) => this.#connect(creds),
       signOut: () => {
         this.client?.stop();
-        this.store?.persist();
+        // A signed-out browser keeps no messages (it may be shared); the next sign-in is a new
+        // device that syncs its own copy. Unsent messages are dropped with it.
+        this.store?.erase();
         sessionStorage.removeItem(SESSION_KEY);
         const user = this.store?.me || "";
         this.store = null;

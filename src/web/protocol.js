@@ -181,6 +181,8 @@ export class ParleyClient {
   stop(error) {
     this.#stopped = true;
     clearTimeout(this.#retryTimer);
+    clearTimeout(this.#ackTimer);
+    this.#ackTimer = null;
     this.#stopHeartbeat();
     const conn = this.#conn;
     this.#conn = null;

@@ -147,6 +147,7 @@ export class ChatUI {
       });
     }
     this.#setView("chat");
+    this.render(); // on a phone the chat just became visible: its messages are now read
     if (focus) $("composer-input").focus();
   }
 
@@ -355,15 +356,22 @@ export class ChatUI {
     for (const n of c.notes) items.push({ kind: "note", pos: notePosition(c, n), tie: n.inbox, n, key: `n:${n.inbox}` });
     for (const p of store.pendingFor(c.id)) items.push({ kind: "pending", pos: Infinity, tie: p.ts, p, key: `p:${p.cmid}` });
     items.sort((a, b) => a.pos - b.pos || (a.tie || 0) - (b.tie || 0));
+    // In a group, the author's name heads each run of messages by the same person.
+    let prevFrom = null;
+    for (const it of items) {
+      const from = it.kind === "msg" ? it.m.from : it.kind === "pending" ? store.me : null;
+      it.first = from !== prevFrom;
+      prevFrom = from;
+    }
 
     const directPeer = c.kind === "direct" ? peerOf(c.id, store.me) : null;
     reconcile($("msg-list"), items, {
       key: (it) => it.key,
       sig: (it) => {
         if (it.kind === "note") return "n";
-        if (it.kind === "pending") return `p|${it.p.failed ? it.p.error : ""}`;
+        if (it.kind === "pending") return `p|${it.first}|${it.p.failed ? it.p.error : ""}`;
         const readers = it.m.from === store.me ? store.readersOf(c, it.m.seq).join(",") : "";
-        return `m|${readers}`;
+        return `m|${it.first}|${readers}`;
       },
       create: (it) => el("li"),
       update: (li, it) => this.#fillMessage(li, it, c, directPeer),
@@ -389,10 +397,10 @@ export class ChatUI {
     }
     const m = it.kind === "msg" ? it.m : { from: store.me, body: it.p.body, ts: it.p.ts };
     const mine = m.from === store.me;
-    li.className = `msg ${mine ? "mine" : "theirs"}${it.kind === "pending" ? " pending" : ""}${it.p?.failed ? " failed" : ""}`;
+    li.className = `msg ${mine ? "mine" : "theirs"}${it.first ? " first" : ""}${it.kind === "pending" ? " pending" : ""}${it.p?.failed ? " failed" : ""}`;
     if (it.kind === "msg") li.dataset.seq = m.seq;
     const bubble = el("div", "bubble");
-    if (!mine && c.kind === "group") {
+    if (!mine && c.kind === "group" && it.first) {
       const from = el("span", "from", m.from);
       from.style.setProperty("--hue", hueOf(m.from));
       bubble.append(from);
@@ -509,8 +517,9 @@ export class ChatUI {
 
   #autosize() {
     const t = $("composer-input");
-    t.style.height = "auto";
-    t.style.height = `${Math.min(t.scrollHeight, 160)}px`;
+    t.style.height = "";
+    // A hidden textarea measures 0: leave it at its natural height until it shows.
+    if (t.value && t.offsetParent) t.style.height = `${Math.min(t.scrollHeight + 2, 160)}px`;
   }
 
   #bindSignIn() {

@@ -192,8 +192,8 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
   const contexts = {};
   const consoleErrors = [];
 
-  async function newUserPage(name, viewport = DESKTOP) {
-    const context = await browser.newContext({ viewport, deviceScaleFactor: viewport === PHONE ? 2 : 1 });
+  async function newUserPage(name, viewport = DESKTOP, colorScheme = "light") {
+    const context = await browser.newContext({ viewport, colorScheme, deviceScaleFactor: viewport === PHONE ? 2 : 1 });
     const page = await context.newPage();
     page.on("pageerror", (err) => consoleErrors.push(`${name}: ${err.message}`));
     page.on("console", (m) => {
@@ -335,7 +335,7 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
     await until(async () => (await alice.locator("#member-list li").count()) === 4, "dave in the member list");
     await shot(alice, "06-desktop-group-members");
 
-    const dave = await newUserPage("dave");
+    const dave = await newUserPage("dave", DESKTOP, "dark");
     await signIn(dave, server, "dave", "laptop");
     await openConv(dave, "g:team");
     await waitForMessage(dave, "backlog 60");
@@ -346,6 +346,7 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
     const daveView = await shownMessages(dave);
     assertOnceInOrder(daveView, [...expected, ...Array.from({ length: 60 }, (_, i) => `backlog ${i + 1}`)], "dave");
     assert.deepEqual(daveView.map((m) => m.seq), Array.from({ length: 63 }, (_, i) => i + 1));
+    await shot(dave, "07-desktop-dark-newcomer-history");
 
     // The owner removes dave: his composer closes.
     await alice.locator('#member-list button[aria-label="Remove dave"]').click();
@@ -359,7 +360,7 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
     await carol.locator("#group-leave").click();
     await until(async () => (await convItem(carol, "g:team").count()) === 0, "group gone from carol's list");
     await alice.locator("#msg-list li.note", { hasText: "carol left" }).waitFor({ timeout: WAIT });
-    await shot(alice, "07-desktop-group-after-leave");
+    await shot(alice, "08-desktop-group-after-leave");
   });
 
   it("two tabs of one user stay in step", async () => {
@@ -406,7 +407,7 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
 
     await server.kill();
     await alice.locator('#conn-state[data-state="waiting"]').waitFor({ timeout: WAIT });
-    await shot(alice, "08-desktop-offline");
+    await shot(alice, "09-desktop-offline");
     // Written while the server is down: stays pending with its cmid.
     await send(alice, "Sent while offline");
     await alice.locator("#msg-list li.pending", { hasText: "Sent while offline" }).waitFor({ timeout: WAIT });
@@ -450,7 +451,7 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
       assert.deepEqual(msgs.map((m) => m.seq), [...msgs.map((m) => m.seq)].sort((a, b) => a - b), `${name}: seq order`);
       assert.equal(new Set(msgs.map((m) => m.seq)).size, msgs.length, `${name}: no seq twice`);
     }
-    await shot(alice, "09-desktop-after-restart");
+    await shot(alice, "10-desktop-after-restart");
 
     // A reload resumes from the saved state: still everything once.
     const before = await shownMessages(alice);
@@ -468,7 +469,7 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
     await contexts.bob.close();
     await alice.locator('#chat-dot[data-status="offline"]').waitFor({ timeout: WAIT });
     assert.match(await alice.locator("#chat-sub").textContent(), /^last seen/);
-    await shot(alice, "10-desktop-peer-offline");
+    await shot(alice, "11-desktop-peer-offline");
 
     // Phone: the list and the chat take turns; Back (and Escape) return to the list.
     const carol = pages.carol;
@@ -478,7 +479,7 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
     await send(carol, "Phone check");
     await waitForMessage(carol, "Phone check");
     assert.equal(await carol.locator(".sidebar").isVisible(), false, "list hidden while chatting on a phone");
-    await shot(carol, "11-phone-chat");
+    await shot(carol, "12-phone-chat");
     await carol.locator("#back-btn").click();
     await carol.locator(".sidebar").waitFor({ state: "visible", timeout: WAIT });
     assert.equal(await carol.locator(".chat").isVisible(), false, "chat hidden in the phone list view");
