@@ -49,6 +49,9 @@ class App {
       if (this.#groupsToRefresh.size === 0) queueMicrotask(() => this.#refreshGroups());
       this.#groupsToRefresh.add(ev.group);
     };
+    // Watch everyone the conversations show, including people who appear later (a first
+    // message from someone new, a member added to a group). watch() skips the known ones.
+    this.store.subscribe((store) => this.client?.watch(store.peopleToWatch()));
     this.ui.showApp(this.store);
   }
 
@@ -148,11 +151,7 @@ class App {
       this.store.clearPresence();
       this.ui.setOwnStatus("offline");
     }
-    if (s.state === "online") {
-      // Membership events may name people we have not watched yet.
-      this.client.watch(this.store.peopleToWatch());
-      this.ui.render();
-    }
+    if (s.state === "online") this.ui.render();
     if (!this.#signedIn) {
       // Still on the sign-in screen (or a reload that has not reached the server yet).
       if (s.state === "stopped" && s.error) {

@@ -285,6 +285,12 @@ describe("web client in Chromium", { timeout: 170000 }, () => {
     const aliceView = await shownMessages(alice);
     assert.deepEqual(aliceView.map((m) => m.mine), [true, false, true]);
     await until(async () => (await shownMessages(alice)).at(-1)?.mark === "read", "bob read alice's last message");
+    // Alice sets herself busy: bob's view of her follows, then back to online.
+    await alice.locator("#me-status").selectOption("busy");
+    await bob.locator('#chat-dot[data-status="busy"]').waitFor({ timeout: WAIT });
+    assert.equal(await bob.locator("#chat-sub").textContent(), "busy");
+    await alice.locator("#me-status").selectOption("online");
+    await bob.locator('#chat-dot[data-status="online"]').waitFor({ timeout: WAIT });
     await shot(alice, "02-desktop-chat-alice");
     await shot(bob, "03-desktop-chat-bob");
   });
