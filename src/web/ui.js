@@ -8,6 +8,8 @@ import { shortTime, fullTime, presenceText, hueOf, initials, typingText, groupEv
 
 const $ = (id) => document.getElementById(id);
 const PHONE = window.matchMedia("(max-width: 720px)");
+const MAX_BODY_BYTES = 16384; // the server's default max_body_bytes
+const utf8Length = (s) => new TextEncoder().encode(s).length;
 
 /**
  * Updates `parent`'s children to show `items` in order. Each child is keyed by data-key; new ones
@@ -80,6 +82,7 @@ export class ChatUI {
   #stickToBottom = true;
   #connState = { state: "connecting" };
   #countdown = null;
+  #note = ""; // a message under the composer (e.g. "too long")
 
   constructor(actions) {
     this.#actions = actions;
@@ -137,6 +140,7 @@ export class ChatUI {
     const changed = this.#current !== id;
     this.#current = id;
     if (changed) {
+      this.#note = "";
       $("composer-input").value = "";
       this.#autosize();
       // Filling the log with a conversation's past messages is not news: keep it quiet.
@@ -335,8 +339,9 @@ export class ChatUI {
     const closed = c.kind === "group" && c.member === false;
     $("composer-input").disabled = closed;
     $("send-btn").disabled = closed;
-    $("composer-note").hidden = !closed;
-    $("composer-note").textContent = closed ? "You are no longer a member of this group." : "";
+    const note = closed ? "You are no longer a member of this group." : this.#note;
+    $("composer-note").hidden = !note;
+    $("composer-note").textContent = note;
 
     $("typing").textContent = typingText(store.typingIn(c.id));
     $("load-older").hidden = !c.mayHaveOlder();
@@ -515,6 +520,11 @@ export class ChatUI {
     setTimeout(() => log.setAttribute("aria-live", "polite"), 0);
   }
 
+  #composerNote(text) {
+    this.#note = text;
+    this.render();
+  }
+
   #autosize() {
     const t = $("composer-input");
     t.style.height = "";
@@ -541,6 +551,11 @@ export class ChatUI {
       const t = $("composer-input");
       const body = t.value;
       if (!body.trim() || !this.#current) return;
+      if (utf8Length(body) > MAX_BODY_BYTES) {
+        this.#composerNote(`Too long to send: at most ${MAX_BODY_BYTES} bytes.`);
+        return;
+      }
+      this.#composerNote("");
       this.#actions.send(this.#current, body);
       t.value = "";
       this.#autosize();
@@ -638,6 +653,7 @@ export class ChatUI {
       const id = $("new-group-id").value.trim();
       try {
         if (!name) throw new Error("Give the group a name.");
+        if (utf8Length(name) > 128) throw new Error("The name is too long (at most 128 bytes).");
         if (id && !isValidId(id)) throw new Error("A group id is 1–64 letters, digits or _ . @ -");
         const members = parseUserList($("new-group-members").value);
         await this.#actions.createGroup({ name, id: id || undefined, members });
