@@ -697,7 +697,11 @@ void EngineShard::Read(Device& device, std::string_view conv_view, int64_t seq,
   auto rec_or = LoadUserConv(u, conv, /*create=*/!ref.is_group);
   if (!rec_or.ok()) return done(absl::UnavailableError("storage is unavailable"));
   store::UserConvRecord* rec = *rec_or;
-  if (rec == nullptr) return done(absl::PermissionDeniedError("not a member of this conversation"));
+  if (rec == nullptr) {
+    auto group = deps_.store->GetGroup(ref.group);
+    if (group.ok() && !group->has_value()) return done(absl::NotFoundError("no such group"));
+    return done(absl::PermissionDeniedError("not a member of this conversation"));
+  }
   const int64_t clamped = std::min(seq, rec->last_seq);
   if (clamped <= rec->read_seq) return done(absl::OkStatus());  // only moves forward
   rec->read_seq = clamped;
@@ -1075,8 +1079,11 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
   result.owner = rec->owner;
   result.members = rec->members;
   if (deleted) {
+    // The group and its history go together: a later group with the same id starts afresh.
     batch.DeleteGroup(op.group);
+    batch.DeleteConversation(conv);
     groups_[op.group] = std::nullopt;
+    convs_[conv] = std::make_unique<ConvState>();
   } else {
     batch.PutGroup(op.group, *rec);
   }

@@ -79,6 +79,19 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     Dispatch(ws, req);
   }
 
+  // The user goes offline as soon as the connection starts closing, not when the socket is
+  // finally released.
+  // Deferred: this may be called from inside the engine's delivery loop over the user's
+  // devices (a slow consumer closing with 4008), which must not change under it.
+  void OnClosing(WsSession&) override {
+    ctx_.reactor->Defer([self = self_] {
+      ChatEndpoint* ep = *self;
+      if (ep == nullptr || !ep->attached_) return;
+      ep->ctx_.engine->DetachDevice(ep);
+      ep->attached_ = false;
+    });
+  }
+
   void OnClosed(WsSession&) override {
     if (attached_) ctx_.engine->DetachDevice(this);
     attached_ = false;

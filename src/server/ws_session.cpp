@@ -92,7 +92,14 @@ bool WsSession::OnPing(std::string_view payload) {
 
 bool WsSession::OnPong(std::string_view) { return !closing(); }
 
+void WsSession::NotifyClosing() {
+  if (closing_notified_) return;
+  closing_notified_ = true;
+  endpoint_->OnClosing(*this);
+}
+
 void WsSession::OnClose(uint16_t code, std::string_view) {
+  NotifyClosing();
   if (!close_sent_) {
     // Echo the peer's code (RFC 6455 5.5.1); a close without a code is answered without one.
     close_sent_ = true;
@@ -139,6 +146,7 @@ void WsSession::Close(uint16_t code, std::string_view reason) {
   close_sent_ = true;
   ws::AppendClose(&conn_.out(), code, reason);
   conn_.CloseAfterFlush();
+  NotifyClosing();
 }
 
 void WsSession::ArmHeartbeat() {
@@ -170,6 +178,7 @@ void WsSession::OnDeadline(net::Connection&, int64_t now_ms) {
 void WsSession::OnShutdown(net::Connection&) { Close(ws::close_code::kGoingAway, "server shutting down"); }
 
 void WsSession::OnClosed(net::Connection&) {
+  NotifyClosing();
   endpoint_->OnClosed(*this);
 }
 

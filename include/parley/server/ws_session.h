@@ -32,6 +32,9 @@ class WsEndpoint {
   virtual void OnText(WsSession& ws, std::string_view text) = 0;
   // A complete binary message. The JSON protocol refuses them with 1003.
   virtual void OnBinary(WsSession& ws, std::string_view data);
+  // The close handshake started (either side) or the connection failed: no more messages will
+  // be read. The socket may linger briefly to deliver the last frames.
+  virtual void OnClosing(WsSession& ws) {}
   // The connection is gone; the session is about to be destroyed.
   virtual void OnClosed(WsSession& ws) {}
 };
@@ -91,6 +94,8 @@ class WsSession final : public net::ConnectionHandler, private ws::MessageSink {
   int64_t last_rx_ms_ = 0;
   int64_t last_ping_ms_ = 0;
   bool close_sent_ = false;
+  bool closing_notified_ = false;
+  void NotifyClosing();
 };
 
 }  // namespace parley::server

@@ -112,6 +112,8 @@ class Batch {
   void DeletePendingFanout(std::string_view conv);
   void PutGroup(std::string_view group, const GroupRecord& rec);
   void DeleteGroup(std::string_view group);
+  // Removes a conversation's whole log and its fan-out marker (a deleted group's history).
+  void DeleteConversation(std::string_view conv);
 
   bool empty() const;
   size_t ops() const { return ops_; }
