@@ -94,11 +94,26 @@ absl::StatusOr<int64_t> EngineShard::AttachDevice(Device* device) {
   if (!u.ok()) return u.status();
   if ((*u)->devices.empty()) stats_.online_users.fetch_add(1, std::memory_order_relaxed);
   (*u)->devices.push_back(device);
+  devices_by_session_[device->device_session_id()] = device;
   stats_.online_devices.fetch_add(1, std::memory_order_relaxed);
+  Presence& p = presence_[device->user()];
+  if (p.devices++ == 0) {
+    // Offline -> online; a further device's hello does not reset a "busy".
+    p.status = Status::kOnline;
+    p.last_seen = WallMillis();
+    PresenceChanged(device->user());
+  }
   return (*u)->inbox_durable;
 }
 
 void EngineShard::DetachDevice(Device* device) {
+  const uint64_t session = device->device_session_id();
+  devices_by_session_.erase(session);
+  if (auto w = watching_.find(session); w != watching_.end()) {
+    std::vector<std::string> users(w->second.begin(), w->second.end());
+    Unwatch(*device, users);
+    watching_.erase(session);
+  }
   auto it = users_.find(device->user());
   if (it == users_.end()) return;
   auto& devices = it->second->devices;
@@ -107,7 +122,186 @@ void EngineShard::DetachDevice(Device* device) {
   devices.erase(pos);
   stats_.online_devices.fetch_sub(1, std::memory_order_relaxed);
   if (devices.empty()) stats_.online_users.fetch_sub(1, std::memory_order_relaxed);
+  Presence& p = presence_[device->user()];
+  if (p.devices > 0 && --p.devices == 0) {
+    p.status = Status::kOffline;
+    p.last_seen = WallMillis();
+    PresenceChanged(device->user());
+  }
   MaybeEvict(device->user());
+}
+
+// ---------------------------------------------------------------- presence
+
+std::string_view EngineShard::StatusName(Status s) {
+  switch (s) {
+    case Status::kOnline: return "online";
+    case Status::kBusy: return "busy";
+    default: return "offline";
+  }
+}
+
+EngineShard::PresenceInfo EngineShard::Snapshot(const std::string& user) {
+  PresenceInfo info;
+  info.user = user;
+  auto it = presence_.find(user);
+  if (it == presence_.end()) {
+    info.status = "offline";
+    return info;
+  }
+  info.status = StatusName(it->second.status);
+  info.last_seen = it->second.devices > 0 ? WallMillis() : it->second.last_seen;
+  return info;
+}
+
+absl::Status EngineShard::SetStatus(Device& device, std::string_view status) {
+  Presence& p = presence_[device.user()];
+  const Status wanted = status == "busy" ? Status::kBusy : Status::kOnline;
+  if (p.devices == 0 || p.status == wanted) return absl::OkStatus();
+  p.status = wanted;
+  PresenceChanged(device.user());
+  return absl::OkStatus();
+}
+
+void EngineShard::PresenceChanged(const std::string& user) {
+  auto it = watch_cores_.find(user);
+  if (it == watch_cores_.end()) return;
+  const PresenceInfo info = Snapshot(user);
+  const std::string status(info.status);
+  for (int core = 0; core < deps_.router->cores(); ++core) {
+    if (!(it->second & (uint64_t{1} << core))) continue;
+    if (core == deps_.core) {
+      DeliverPresence(user, status, info.last_seen);
+      continue;
+    }
+    deps_.router->SubmitToCore(deps_.core, core,
+                               [&target = on(core), user, status, last_seen = info.last_seen] {
+                                 target.DeliverPresence(user, status, last_seen);
+                               });
+  }
+}
+
+void EngineShard::DeliverPresence(const std::string& user, std::string_view status,
+                                  int64_t last_seen) {
+  auto it = local_watchers_.find(user);
+  if (it == local_watchers_.end()) return;
+  std::string frame;
+  proto::AppendPresence(&frame, user, status, last_seen);
+  for (uint64_t session : it->second) {
+    // A watch still collecting its snapshot takes the newer state instead of an event.
+    bool pending = false;
+    for (auto& [id, pw] : pending_watches_) {
+      if (pw->session != session) continue;
+      if (auto g = pw->got.find(user); g != pw->got.end()) {
+        g->second.status = status == "online" ? "online" : status == "busy" ? "busy" : "offline";
+        g->second.last_seen = last_seen;
+        pending = true;
+      }
+    }
+    if (pending) continue;
+    if (auto d = devices_by_session_.find(session); d != devices_by_session_.end()) {
+      d->second->DeliverEphemeral(frame);
+    }
+  }
+}
+
+void EngineShard::Subscribe(int core, const std::vector<std::string>& users, bool on) {
+  for (const std::string& u : users) {
+    if (on) {
+      watch_cores_[u] |= uint64_t{1} << core;
+    } else if (auto it = watch_cores_.find(u); it != watch_cores_.end()) {
+      it->second &= ~(uint64_t{1} << core);
+      if (it->second == 0) watch_cores_.erase(it);
+    }
+  }
+}
+
+void EngineShard::Watch(Device& device, std::vector<std::string> users,
+                        Reply<absl::StatusOr<std::vector<PresenceInfo>>> done) {
+  const uint64_t session = device.device_session_id();
+  auto& mine = watching_[session];
+  // Duplicates within the request, and users already watched, count once.
+  absl::flat_hash_set<std::string> distinct(users.begin(), users.end());
+  size_t fresh = 0;
+  for (const auto& u : distinct) fresh += mine.contains(u) ? 0 : 1;
+  if (mine.size() + fresh > deps_.config->limits.max_watch) {
+    return done(absl::OutOfRangeError(StrCat("a connection may watch at most ",
+                                             deps_.config->limits.max_watch, " users")));
+  }
+  // Group the users by owner core: one hop per owner, which subscribes this core and answers
+  // with a snapshot. Changes after the snapshot follow it on the same FIFO channel.
+  absl::flat_hash_map<int, std::vector<std::string>> by_owner;
+  for (const auto& u : distinct) {
+    if (mine.insert(u).second) local_watchers_[u].push_back(session);
+    by_owner[deps_.router->CoreOfUser(u)].push_back(u);
+  }
+  const uint64_t id = next_watch_++;
+  auto pw = std::make_unique<PendingWatch>();
+  pw->session = session;
+  pw->users = std::move(users);
+  pw->outstanding = static_cast<int>(by_owner.size());
+  pw->done = std::move(done);
+  pending_watches_.emplace(id, std::move(pw));
+  auto finish_part = [this, id](std::vector<PresenceInfo> part) {
+    auto it = pending_watches_.find(id);
+    if (it == pending_watches_.end()) return;
+    PendingWatch& p = *it->second;
+    for (auto& info : part) p.got[info.user] = std::move(info);
+    if (--p.outstanding > 0) return;
+    std::vector<PresenceInfo> snapshot;
+    for (const auto& u : p.users) snapshot.push_back(p.got[u]);
+    auto done = std::move(p.done);
+    pending_watches_.erase(it);
+    done(std::move(snapshot));
+  };
+  for (auto& [owner, list] : by_owner) {
+    const int me = deps_.core;
+    if (owner == me) {
+      Subscribe(me, list, true);
+      std::vector<PresenceInfo> part;
+      for (const auto& u : list) part.push_back(Snapshot(u));
+      finish_part(std::move(part));
+      continue;
+    }
+    deps_.router->SubmitToCore(me, owner, [&target = on(owner), me, list,
+                                           finish_part]() mutable {
+      target.Subscribe(me, list, true);
+      std::vector<PresenceInfo> part;
+      for (const auto& u : list) part.push_back(target.Snapshot(u));
+      target.deps_.router->SubmitToCore(target.core(), me,
+                                        [part = std::move(part), finish_part]() mutable {
+                                          finish_part(std::move(part));
+                                        });
+    });
+  }
+}
+
+void EngineShard::Unwatch(Device& device, const std::vector<std::string>& users) {
+  const uint64_t session = device.device_session_id();
+  auto mine = watching_.find(session);
+  if (mine == watching_.end()) return;
+  absl::flat_hash_map<int, std::vector<std::string>> gone;  // owner -> users nobody here watches
+  for (const auto& u : users) {
+    if (!mine->second.erase(u)) continue;
+    auto it = local_watchers_.find(u);
+    if (it == local_watchers_.end()) continue;
+    auto& v = it->second;
+    v.erase(std::remove(v.begin(), v.end(), session), v.end());
+    if (v.empty()) {
+      local_watchers_.erase(it);
+      gone[deps_.router->CoreOfUser(u)].push_back(u);
+    }
+  }
+  for (auto& [owner, list] : gone) {
+    if (owner == deps_.core) {
+      Subscribe(owner, list, false);
+      continue;
+    }
+    deps_.router->SubmitToCore(deps_.core, owner,
+                               [&target = on(owner), me = deps_.core, list = std::move(list)] {
+                                 target.Subscribe(me, list, false);
+                               });
+  }
 }
 
 // ---------------------------------------------------------------- send pipeline
@@ -203,9 +397,10 @@ void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
                                });
   };
   if (!args->group.empty()) {
-    auto group = deps_.store->GetGroup(args->group);
+    // The group's owner is this core (a group and its conversation share a shard).
+    auto group = LoadGroup(args->group);
     if (!group.ok()) return answer(Failed(absl::UnavailableError("storage is unavailable")));
-    if (!group->has_value()) {
+    if (*group == nullptr) {
       return answer(Failed(absl::NotFoundError(StrCat("group '", args->group, "' does not exist"))));
     }
     members = (*group)->members;
@@ -666,6 +861,338 @@ absl::Status EngineShard::RecoverFanouts(store::Store& store) {
     batch.DeletePendingFanout(conv);
     if (auto st = store.Write(batch); !st.ok()) return st;
   }
+  return absl::OkStatus();
+}
+
+}  // namespace parley::chat
+
+namespace parley::chat {
+
+// ---------------------------------------------------------------- groups
+
+absl::StatusOr<store::GroupRecord*> EngineShard::LoadGroup(const std::string& group) {
+  auto it = groups_.find(group);
+  if (it == groups_.end()) {
+    auto rec = deps_.store->GetGroup(group);
+    if (!rec.ok()) return rec.status();
+    it = groups_.emplace(group, std::move(*rec)).first;
+  }
+  return it->second.has_value() ? &*it->second : nullptr;
+}
+
+void EngineShard::Group(GroupOp op, int reply_core, Reply<GroupResult> reply) {
+  if (op.kind == GroupOp::kCreate && op.group.empty()) {
+    // A server-chosen id: 64 random-looking bits (splitmix64 over time, core and a counter).
+    uint64_t x = (group_id_state_ += 0x9E3779B97F4A7C15ull) ^
+                 (static_cast<uint64_t>(WallMillis()) << 8) ^ static_cast<uint64_t>(deps_.core);
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    static constexpr char kHex[] = "0123456789abcdef";
+    op.group = "grp-";
+    for (int i = 60; i >= 0; i -= 4) op.group.push_back(kHex[(x >> i) & 0xF]);
+  }
+  const int shard = store::ShardOf(proto::GroupConvId(op.group));
+  const int owner = deps_.router->CoreOfShard(shard);
+  if (owner == deps_.core) return GroupOnOwner(std::move(op), reply_core, std::move(reply));
+  deps_.router->SubmitToShard(deps_.core, shard,
+                              [&target = on(owner), op = std::move(op), reply_core,
+                               reply = std::move(reply)]() mutable {
+                                target.GroupOnOwner(std::move(op), reply_core, std::move(reply));
+                              });
+}
+
+namespace {
+std::string GroupEventJson(std::string_view group, std::string_view change,
+                           const std::vector<std::string>& users, std::string_view by,
+                           int64_t ts) {
+  // Stored without "op" and "inbox"; delivery puts those in front.
+  std::string out = "{\"group\":";
+  AppendJsonString(&out, group);
+  out.append(",\"change\":");
+  AppendJsonString(&out, change);
+  out.append(",\"users\":[");
+  for (size_t i = 0; i < users.size(); ++i) {
+    if (i) out.push_back(',');
+    AppendJsonString(&out, users[i]);
+  }
+  out.append("],\"by\":");
+  AppendJsonString(&out, by);
+  StrAppend(&out, ",\"ts\":", ts, "}");
+  return out;
+}
+}  // namespace
+
+void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> reply) {
+  auto answer = [this, reply_core](Reply<GroupResult> reply, GroupResult r) {
+    if (reply_core == deps_.core) return reply(std::move(r));
+    deps_.router->SubmitToCore(deps_.core, reply_core,
+                               [reply = std::move(reply), r = std::move(r)]() mutable {
+                                 reply(std::move(r));
+                               });
+  };
+  auto fail = [&](absl::Status st) {
+    GroupResult r;
+    r.status = std::move(st);
+    answer(std::move(reply), std::move(r));
+  };
+  const std::string conv = proto::GroupConvId(op.group);
+  auto loaded = LoadGroup(op.group);
+  if (!loaded.ok()) return fail(absl::UnavailableError("storage is unavailable"));
+  store::GroupRecord* rec = *loaded;
+  const uint32_t max_size = deps_.config->limits.max_group_size;
+  auto is_member = [](const store::GroupRecord& g, const std::string& u) {
+    return std::find(g.members.begin(), g.members.end(), u) != g.members.end();
+  };
+  if (op.kind != GroupOp::kCreate && rec == nullptr) {
+    return fail(absl::NotFoundError(StrCat("group '", op.group, "' does not exist")));
+  }
+  if (op.kind == GroupOp::kInfo) {
+    if (!is_member(*rec, op.by)) return fail(absl::PermissionDeniedError("not a member"));
+    GroupResult r;
+    r.group = op.group;
+    r.name = rec->name;
+    r.owner = rec->owner;
+    r.members = rec->members;
+    return answer(std::move(reply), std::move(r));
+  }
+  auto conv_state = LoadConv(conv);
+  if (!conv_state.ok()) return fail(absl::UnavailableError("storage is unavailable"));
+  const int64_t join_seq = (*conv_state)->last_seq;
+  const int64_t now = WallMillis();
+
+  // The events this change produces, in order, each with the users it concerns.
+  struct Event {
+    std::shared_ptr<const std::string> json;
+    std::vector<std::string> concerned;
+    std::vector<std::string> joining;
+    std::vector<std::string> leaving;
+  };
+  std::vector<Event> events;
+  store::Batch& batch = deps_.writer->current();
+  bool deleted = false;
+
+  auto leave = [&](store::GroupRecord& g, const std::string& who) {
+    g.members.erase(std::find(g.members.begin(), g.members.end(), who));
+    std::vector<std::string> concerned = g.members;
+    concerned.push_back(who);
+    events.push_back({std::make_shared<std::string>(
+                          GroupEventJson(op.group, "left", {who}, op.by, now)),
+                      concerned, {}, {who}});
+    if (g.members.empty()) {
+      deleted = true;
+      return;
+    }
+    if (g.owner == who) {
+      g.owner = g.members.front();  // the longest-standing member
+      events.push_back({std::make_shared<std::string>(
+                            GroupEventJson(op.group, "owner", {g.owner}, op.by, now)),
+                        g.members, {}, {}});
+    }
+  };
+
+  switch (op.kind) {
+    case GroupOp::kCreate: {
+      if (rec != nullptr) {
+        return fail(absl::AlreadyExistsError(StrCat("group '", op.group, "' already exists")));
+      }
+      store::GroupRecord g;
+      g.name = op.name;
+      g.owner = op.by;
+      g.created_ts = now;
+      g.members.push_back(op.by);
+      for (const auto& u : op.users) {
+        if (std::find(g.members.begin(), g.members.end(), u) == g.members.end()) {
+          g.members.push_back(u);
+        }
+      }
+      if (g.members.size() > max_size) {
+        return fail(absl::OutOfRangeError(StrCat("a group holds at most ", max_size, " members")));
+      }
+      events.push_back({std::make_shared<std::string>(
+                            GroupEventJson(op.group, "created", g.members, op.by, now)),
+                        g.members, g.members, {}});
+      groups_[op.group] = std::move(g);
+      rec = &*groups_[op.group];
+      break;
+    }
+    case GroupOp::kAdd: {
+      if (rec->owner != op.by) return fail(absl::PermissionDeniedError("only the owner adds members"));
+      std::vector<std::string> added;
+      for (const auto& u : op.users) {
+        if (!is_member(*rec, u) && std::find(added.begin(), added.end(), u) == added.end()) {
+          added.push_back(u);
+        }
+      }
+      if (rec->members.size() + added.size() > max_size) {
+        return fail(absl::OutOfRangeError(StrCat("a group holds at most ", max_size, " members")));
+      }
+      if (added.empty()) break;
+      rec->members.insert(rec->members.end(), added.begin(), added.end());
+      events.push_back({std::make_shared<std::string>(
+                            GroupEventJson(op.group, "added", added, op.by, now)),
+                        rec->members, added, {}});
+      break;
+    }
+    case GroupOp::kRemove: {
+      if (rec->owner != op.by) {
+        return fail(absl::PermissionDeniedError("only the owner removes members"));
+      }
+      std::vector<std::string> removed;
+      bool self = false;
+      for (const auto& u : op.users) {
+        if (u == op.by) {
+          self = true;
+        } else if (is_member(*rec, u) &&
+                   std::find(removed.begin(), removed.end(), u) == removed.end()) {
+          removed.push_back(u);
+        }
+      }
+      if (!removed.empty()) {
+        for (const auto& u : removed) {
+          rec->members.erase(std::find(rec->members.begin(), rec->members.end(), u));
+        }
+        std::vector<std::string> concerned = rec->members;
+        concerned.insert(concerned.end(), removed.begin(), removed.end());
+        events.push_back({std::make_shared<std::string>(
+                              GroupEventJson(op.group, "removed", removed, op.by, now)),
+                          concerned, {}, removed});
+      }
+      if (self) leave(*rec, op.by);  // the owner removing itself is a leave
+      break;
+    }
+    case GroupOp::kLeave:
+      if (!is_member(*rec, op.by)) return fail(absl::PermissionDeniedError("not a member"));
+      leave(*rec, op.by);
+      break;
+    case GroupOp::kInfo:
+      break;
+  }
+
+  GroupResult result;
+  result.group = op.group;
+  result.name = rec->name;
+  result.owner = rec->owner;
+  result.members = rec->members;
+  if (deleted) {
+    batch.DeleteGroup(op.group);
+    groups_[op.group] = std::nullopt;
+  } else {
+    batch.PutGroup(op.group, *rec);
+  }
+  deps_.writer->OnCommit([this, group = op.group, conv, events = std::move(events), join_seq,
+                          now, result = std::move(result), reply = std::move(reply),
+                          answer](const absl::Status& status) mutable {
+    if (!status.ok()) {
+      groups_.erase(group);  // reload the durable state next time
+      result = GroupResult{};
+      result.status = absl::UnavailableError("the group change could not be stored");
+      return answer(std::move(reply), std::move(result));
+    }
+    // The answer waits until every concerned inbox has its events (nothing acknowledged is
+    // lost); each user's events travel in order on one channel.
+    size_t total = 0;
+    for (const auto& e : events) total += e.concerned.size();
+    if (total == 0) return answer(std::move(reply), std::move(result));
+    auto remaining = std::make_shared<size_t>(total);
+    auto finished = std::make_shared<std::pair<Reply<GroupResult>, GroupResult>>(
+        std::move(reply), std::move(result));
+    for (const auto& e : events) {
+      for (const std::string& user : e.concerned) {
+        const bool joining = std::find(e.joining.begin(), e.joining.end(), user) != e.joining.end();
+        const bool leaving = std::find(e.leaving.begin(), e.leaving.end(), user) != e.leaving.end();
+        const int me = deps_.core;
+        const int shard = store::ShardOf(user);
+        const int owner = deps_.router->CoreOfShard(shard);
+        deps_.router->SubmitToShard(
+            me, shard,
+            [&target = on(owner), user, conv, json = e.json, js = joining ? join_seq : -1,
+             leaving, now, me, remaining, finished, answer]() mutable {
+              auto confirm = [&target, me, remaining, finished, answer]() mutable {
+                target.deps_.router->SubmitToCore(
+                    target.core(), me, [remaining, finished, answer]() mutable {
+                      if (--*remaining == 0) {
+                        answer(std::move(finished->first), std::move(finished->second));
+                      }
+                    });
+              };
+              target.AppendGroupEvent(std::move(user), conv, std::move(json), js, leaving, now,
+                                      std::move(confirm));
+            });
+      }
+    }
+  });
+}
+
+void EngineShard::AppendGroupEvent(std::string user, std::string conv,
+                                   std::shared_ptr<const std::string> event, int64_t join_seq,
+                                   bool leave, int64_t ts, absl::AnyInvocable<void()> confirm) {
+  auto shared_confirm = std::make_shared<absl::AnyInvocable<void()>>(std::move(confirm));
+  auto retry = [this, user, conv, event, join_seq, leave, ts, shared_confirm] {
+    deps_.reactor->RunAfter(kRetryMs, [this, user, conv, event, join_seq, leave, ts,
+                                       shared_confirm]() mutable {
+      AppendGroupEvent(std::move(user), std::move(conv), std::move(event), join_seq, leave, ts,
+                       [shared_confirm] { (*shared_confirm)(); });
+    });
+  };
+  auto loaded = LoadUser(user);
+  if (!loaded.ok()) return retry();
+  UserState& u = **loaded;
+  store::Batch& batch = deps_.writer->current();
+  const int64_t inbox = ++u.inbox_assigned;
+  batch.PutInbox(user, inbox, store::InboxRecord{conv, 0, *event});
+  if (join_seq >= 0) {
+    store::UserConvRecord rec;
+    rec.last_seq = join_seq;
+    rec.last_ts = ts;
+    rec.joined_seq = join_seq;
+    u.convs[conv] = rec;
+    batch.PutUserConv(user, conv, rec);
+  }
+  if (leave) {
+    u.convs.erase(conv);
+    batch.DeleteUserConv(user, conv);
+  }
+  ++u.pending;
+  deps_.writer->OnCommit([this, user, inbox, event, shared_confirm,
+                          retry](const absl::Status& status) mutable {
+    auto it = users_.find(user);
+    if (it == users_.end()) return;
+    UserState& u = *it->second;
+    --u.pending;
+    if (!status.ok()) {
+      u.inbox_assigned = u.inbox_durable;
+      u.convs.clear();
+      retry();
+      return;
+    }
+    u.inbox_durable = std::max(u.inbox_durable, inbox);
+    for (Device* d : u.devices) d->DeliverStoredEvent(inbox, *event);
+    (*shared_confirm)();
+    MaybeEvict(user);
+  });
+}
+
+absl::Status EngineShard::Groups(const std::string& user, int64_t id, std::string* out) {
+  std::vector<std::pair<std::string, store::UserConvRecord>> convs;
+  if (!deps_.store->ReadUserConvs(user, &convs).ok()) {
+    return absl::UnavailableError("storage is unavailable");
+  }
+  proto::ListOkWriter w(out, id, "groups");
+  for (const auto& [conv, rec] : convs) {
+    if (conv.size() < 3 || conv[0] != 'g' || conv[1] != ':') continue;
+    const std::string group = conv.substr(2);
+    auto g = deps_.store->GetGroup(group);  // node-local read of the group's record
+    if (!g.ok()) return absl::UnavailableError("storage is unavailable");
+    if (!g->has_value()) continue;
+    std::string* o = w.Item();
+    o->append("{\"group\":");
+    AppendJsonString(o, group);
+    o->append(",\"name\":");
+    AppendJsonString(o, (*g)->name);
+    o->push_back('}');
+  }
+  w.Finish({}, false, false);
   return absl::OkStatus();
 }
 

@@ -12,6 +12,7 @@
 #include "parley/util/clock.h"
 #include "parley/util/strings.h"
 #include "parley/util/ids.h"
+#include "parley/util/json_writer.h"
 
 namespace parley::server {
 
@@ -268,9 +269,89 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
           return;
         }
         return SendStatus(req.id, engine.Typing(*this, req.to, req.group));
-      default:
-        return SendError(req.id, "unavailable",
-                         StrCat("op '", proto::OpName(req.op), "' is not available yet"));
+      case proto::Op::kPresence:
+        return SendStatus(req.id, engine.SetStatus(*this, req.status));
+      case proto::Op::kWatch: {
+        std::vector<std::string> users(req.users.begin(), req.users.end());
+        engine.Watch(*this, std::move(users),
+                     [self = self_, id = req.id](
+                         absl::StatusOr<std::vector<chat::EngineShard::PresenceInfo>> r) {
+                       ChatEndpoint* ep = *self;
+                       if (ep == nullptr) return;
+                       if (!r.ok()) return ep->SendStatus(id, r.status());
+                       if (id < 0 || ep->ws_ == nullptr) return;
+                       std::string& out = ep->Scratch();
+                       out.clear();
+                       proto::ListOkWriter w(&out, id, "presence");
+                       for (const auto& p : *r) {
+                         std::string* o = w.Item();
+                         o->append("{\"user\":");
+                         AppendJsonString(o, p.user);
+                         o->append(",\"status\":\"");
+                         o->append(p.status);
+                         StrAppend(o, "\",\"last_seen\":", p.last_seen, "}");
+                       }
+                       w.Finish({}, false, false);
+                       ep->ws_->SendText(out);
+                     });
+        return;
+      }
+      case proto::Op::kUnwatch: {
+        std::vector<std::string> users(req.users.begin(), req.users.end());
+        engine.Unwatch(*this, users);
+        return SendStatus(req.id, absl::OkStatus());
+      }
+      case proto::Op::kGroupCreate:
+      case proto::Op::kGroupAdd:
+      case proto::Op::kGroupRemove:
+      case proto::Op::kGroupLeave:
+      case proto::Op::kGroupInfo: {
+        chat::EngineShard::GroupOp op;
+        using K = chat::EngineShard::GroupOp;
+        op.kind = req.op == proto::Op::kGroupCreate   ? K::kCreate
+                  : req.op == proto::Op::kGroupAdd    ? K::kAdd
+                  : req.op == proto::Op::kGroupRemove ? K::kRemove
+                  : req.op == proto::Op::kGroupLeave  ? K::kLeave
+                                                      : K::kInfo;
+        op.by = id_.user;
+        op.group = req.group;
+        op.name = req.name;
+        op.users.assign(req.users.begin(), req.users.end());
+        const bool create = op.kind == K::kCreate;
+        const bool info = op.kind == K::kInfo;
+        engine.Group(std::move(op), ctx_.core,
+                     [self = self_, id = req.id, create, info](chat::EngineShard::GroupResult r) {
+                       ChatEndpoint* ep = *self;
+                       if (ep == nullptr) return;
+                       if (!r.status.ok()) return ep->SendStatus(id, r.status);
+                       if (id < 0 || ep->ws_ == nullptr) return;
+                       std::string& out = ep->Scratch();
+                       out.clear();
+                       JsonObjectWriter w(&out);
+                       w.Str("op", "ok").Int("id", id);
+                       if (create) w.Str("group", r.group).Str("conv", proto::GroupConvId(r.group));
+                       if (info) {
+                         std::string members = "[";
+                         for (size_t i = 0; i < r.members.size(); ++i) {
+                           if (i) members.push_back(',');
+                           AppendJsonString(&members, r.members[i]);
+                         }
+                         members.push_back(']');
+                         w.Str("group", r.group).Str("name", r.name).Str("owner", r.owner)
+                             .Raw("members", members);
+                       }
+                       w.Close();
+                       ep->ws_->SendText(out);
+                     });
+        return;
+      }
+      case proto::Op::kGroups: {
+        std::string out;
+        absl::Status st = engine.Groups(id_.user, req.id, &out);
+        if (!st.ok()) return SendStatus(req.id, st);
+        if (req.id >= 0) ws.SendText(out);
+        return;
+      }
     }
   }
 

@@ -177,3 +177,58 @@ TEST_CASE("an idle reactor is woken by a cross-core task", "[net]") {
   }
   CHECK(pongs.load() == 1000);
 }
+
+namespace {
+
+// Replies "<core>:<data>"; on "M" it hands the socket to core 1 and keeps the rest of the
+// buffer unconsumed so that it travels with the socket.
+class MovingHandler : public ConnectionHandler {
+ public:
+  explicit MovingHandler(CoreMesh* mesh) : mesh_(mesh) {}
+  size_t OnData(Connection& conn, std::span<char> data) override {
+    std::string_view s(data.data(), data.size());
+    Reactor& r = conn.reactor();
+    if (r.core() == 0 && !s.empty() && s[0] == 'M') {
+      conn.Write("moving;");
+      CoreMesh* mesh = mesh_;
+      r.Detach(&conn, [mesh](DetachedSocket socket) {
+        mesh->SubmitTo(0, 1, [mesh, socket = std::move(socket)]() mutable {
+          mesh->reactor(1).Adopt(std::move(socket), [mesh](Connection&) {
+            return std::make_unique<MovingHandler>(mesh);
+          });
+        });
+      });
+      return 1;  // the rest is delivered on core 1
+    }
+    conn.Write(std::to_string(r.core()) + ":" + std::string(s) + ";");
+    return data.size();
+  }
+
+ private:
+  CoreMesh* mesh_;
+};
+
+}  // namespace
+
+TEST_CASE("a connection moves to another core with its unread input and unsent output", "[net]") {
+  auto fd = OpenListener("127.0.0.1", 0, false);
+  REQUIRE(fd.ok());
+  auto port = BoundPort(*fd);
+  REQUIRE(port.ok());
+  Cluster cluster(2);
+  int listen_fd = *fd;
+  CoreMesh* mesh = &cluster.mesh;
+  cluster.Start([listen_fd, mesh](Reactor& r) {
+    if (r.core() == 0) {
+      r.Listen(listen_fd, [mesh](Connection&) { return std::make_unique<MovingHandler>(mesh); });
+    }
+  });
+  int c = ConnectTo(*port);
+  REQUIRE(write(c, "hi", 2) == 2);
+  CHECK(ReadExactly(c, 5) == "0:hi;");
+  REQUIRE(write(c, "Mabc", 4) == 4);  // the move request and data for the new core together
+  CHECK(ReadExactly(c, 7 + 6) == "moving;1:abc;");
+  REQUIRE(write(c, "xyz", 3) == 3);
+  CHECK(ReadExactly(c, 6) == "1:xyz;");
+  close(c);
+}

@@ -24,11 +24,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "parley/chat/router.h"
@@ -124,6 +126,39 @@ class EngineShard {
   absl::Status Convs(const std::string& user, int64_t id, int64_t limit, std::string* out);
   absl::Status Typing(Device& device, std::string_view to, std::string_view group);
 
+  // ---- Presence (on the requesting user's core; hops to the watched users' owners) ----
+  struct PresenceInfo {
+    std::string user;
+    std::string_view status;  // "online" | "busy" | "offline"
+    int64_t last_seen = 0;    // now, if connected; 0 if never connected
+  };
+  // The `presence` op: "online" or "busy" for all of the user's devices.
+  absl::Status SetStatus(Device& device, std::string_view status);
+  // Watches `users` for this device; `done` runs on this core with the snapshot in request
+  // order. Later changes arrive as presence events until Unwatch or disconnect.
+  void Watch(Device& device, std::vector<std::string> users,
+             Reply<absl::StatusOr<std::vector<PresenceInfo>>> done);
+  void Unwatch(Device& device, const std::vector<std::string>& users);
+
+  // ---- Groups (run on the group's owner; answers come back to `reply_core`) ----
+  struct GroupOp {
+    enum Kind { kCreate, kAdd, kRemove, kLeave, kInfo } kind = kInfo;
+    std::string by;      // the requesting user
+    std::string group;   // empty for kCreate: the server picks one
+    std::string name;
+    std::vector<std::string> users;
+  };
+  struct GroupResult {
+    absl::Status status;
+    std::string group;
+    std::string name;
+    std::string owner;
+    std::vector<std::string> members;
+  };
+  void Group(GroupOp op, int reply_core, Reply<GroupResult> reply);
+  // The `groups` op: the user's groups with their names.
+  absl::Status Groups(const std::string& user, int64_t id, std::string* out);
+
   // Called on the engine's core once per reactor loop iteration.
   void Poll() { deps_.writer->Poll(); }
 
@@ -181,7 +216,46 @@ class EngineShard {
   void ReplyTo(int core, Reply<SendResult> reply, SendResult result);
   void RecordSendLatency(int64_t start_us);
 
+  // Presence of the users this core owns: kept for every user seen since start, small.
+  enum class Status : uint8_t { kOffline = 0, kOnline = 1, kBusy = 2 };
+  struct Presence {
+    Status status = Status::kOffline;
+    uint16_t devices = 0;
+    int64_t last_seen = 0;
+  };
+  static std::string_view StatusName(Status s);
+  PresenceInfo Snapshot(const std::string& user);
+  void PresenceChanged(const std::string& user);  // owner core: tell the watching cores
+  void DeliverPresence(const std::string& user, std::string_view status, int64_t last_seen);
+  void Subscribe(int core, const std::vector<std::string>& users, bool on);
+
+  // A watch request waiting for its snapshots from the owners.
+  struct PendingWatch {
+    uint64_t session = 0;
+    std::vector<std::string> users;
+    absl::flat_hash_map<std::string, PresenceInfo> got;
+    int outstanding = 0;
+    Reply<absl::StatusOr<std::vector<PresenceInfo>>> done;
+  };
+
+  // Group state cached on the group's owner; nullopt = known not to exist.
+  absl::StatusOr<store::GroupRecord*> LoadGroup(const std::string& group);
+  void GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> reply);
+  // Member's owner: one group event into the user's inbox, joining (join_seq >= 0: the
+  // conversation record starts there) or leaving (the record goes) the group's conversation.
+  void AppendGroupEvent(std::string user, std::string conv, std::shared_ptr<const std::string> event,
+                        int64_t join_seq, bool leave, int64_t ts, absl::AnyInvocable<void()> confirm);
+  absl::flat_hash_map<std::string, std::optional<store::GroupRecord>> groups_;
+  uint64_t group_id_state_ = 0;
+
   Deps deps_;
+  absl::flat_hash_map<std::string, Presence> presence_;
+  absl::flat_hash_map<std::string, uint64_t> watch_cores_;  // owned user -> cores watching it
+  absl::flat_hash_map<std::string, std::vector<uint64_t>> local_watchers_;  // user -> sessions
+  absl::flat_hash_map<uint64_t, absl::flat_hash_set<std::string>> watching_;  // session -> users
+  absl::flat_hash_map<uint64_t, Device*> devices_by_session_;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<PendingWatch>> pending_watches_;
+  uint64_t next_watch_ = 1;
   absl::flat_hash_map<std::string, std::unique_ptr<UserState>> users_;
   absl::flat_hash_map<std::string, std::unique_ptr<ConvState>> convs_;
   absl::flat_hash_map<std::string, PendingCmid> pending_cmids_;  // key: from + '\0' + cmid

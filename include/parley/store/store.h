@@ -103,6 +103,7 @@ class Batch {
                  int64_t now_ms);
   void PutInbox(std::string_view user, int64_t inbox_seq, const InboxRecord& rec);
   void PutUserConv(std::string_view user, std::string_view conv, const UserConvRecord& rec);
+  void DeleteUserConv(std::string_view user, std::string_view conv);
   void PutDeviceCursor(std::string_view user, std::string_view device, int64_t cursor);
   void PutPendingFanout(std::string_view conv);
   void DeletePendingFanout(std::string_view conv);
