@@ -455,7 +455,7 @@ class SyncAckTest(MessagingTestCase):
         err = await b1.next_event("error")
         self.assertEqual(err["code"], "bad_request")
         self.assertNotIn("id", err)
-        for bad in [-1, "3", None, 1.5]:
+        for bad in ["3", None, 1.5]:
             r = await b1.request("ack", inbox=bad)
             self.assert_error(r, "bad_request", f"ack inbox={bad!r}")
         # The refused acks moved nothing.

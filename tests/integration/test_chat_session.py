@@ -275,7 +275,7 @@ class JwtModeHelloTest(ServerTestCase):
         await self._refused({"token": token}, ("unauthenticated", "bad_request"), 4001)
 
     async def test_malformed_token(self):
-        for token in ["not-a-token", "a.b", "a.b.c.d", "!!!.###.$$$", ""]:
+        for token in ["not-a-token", "a.b", "a.b.c.d", "!!!.###.$$$"]:
             with self.subTest(token=token):
                 await self._refused({"token": token}, ("bad_request",), 4001)
 
