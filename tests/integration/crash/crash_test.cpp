@@ -24,6 +24,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <simdjson.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -44,7 +45,6 @@
 #include <random>
 #include <regex>
 #include <set>
-#include <simdjson.h>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -73,7 +73,9 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-std::string Tail(const std::string& s, size_t n) { return s.size() <= n ? s : s.substr(s.size() - n); }
+std::string Tail(const std::string& s, size_t n) {
+  return s.size() <= n ? s : s.substr(s.size() - n);
+}
 
 // ---- The server process ----
 
@@ -514,8 +516,7 @@ struct ConnectionReport {
 // to `window` in flight until the connection dies (the server is killed).
 void RunSender(uint16_t port, const std::string& user, const std::string& device,
                const std::vector<std::string>& others, std::vector<Outgoing> retries,
-               int64_t* counter, uint32_t seed, std::atomic<bool>* stop,
-               ConnectionReport* report) {
+               int64_t* counter, uint32_t seed, std::atomic<bool>* stop, ConnectionReport* report) {
   WsClient ws;
   if (!ws.Connect(port)) return;
   simdjson::dom::parser parser;
@@ -587,10 +588,9 @@ void RunSender(uint16_t port, const std::string& user, const std::string& device
           report->violations.push_back("msg without inbox: " + text);
         } else {
           if (last_live_inbox >= 0 && inbox != last_live_inbox + 1) {
-            report->violations.push_back(user + "/" + device + ": live msg inbox " +
-                                         std::to_string(inbox) + " after " +
-                                         std::to_string(last_live_inbox) +
-                                         " on one connection (gap or reorder)");
+            report->violations.push_back(
+                user + "/" + device + ": live msg inbox " + std::to_string(inbox) + " after " +
+                std::to_string(last_live_inbox) + " on one connection (gap or reorder)");
           }
           last_live_inbox = inbox;
         }
@@ -652,9 +652,8 @@ std::string ReadStore(uint16_t port, const std::vector<std::string>& users, Audi
     int64_t inbox_seq = -1;
     while (true) {
       std::string err;
-      auto text = c.Request(R"({"op":"sync","since":)" + std::to_string(since) +
-                                R"(,"limit":1000})",
-                            &err);
+      auto text =
+          c.Request(R"({"op":"sync","since":)" + std::to_string(since) + R"(,"limit":1000})", &err);
       if (!text) return user + " sync: " + err;
       simdjson::dom::element doc;
       if (c.parser().parse(*text).get(doc)) return "unparsable sync answer";
@@ -738,8 +737,8 @@ void CheckStore(Audit* audit, const std::vector<std::string>& users,
     for (size_t i = 0; i < hist.size(); ++i) {
       const Msg& m = hist[i];
       if (m.seq != static_cast<int64_t>(i) + 1) {
-        violations->push_back(conv + ": history position " + std::to_string(i + 1) +
-                              " holds seq " + std::to_string(m.seq) + " (not gapless 1..N)");
+        violations->push_back(conv + ": history position " + std::to_string(i + 1) + " holds seq " +
+                              std::to_string(m.seq) + " (not gapless 1..N)");
       }
       if (m.conv != conv) violations->push_back(conv + ": history holds " + Describe(m));
       if (m.body != m.cmid) violations->push_back("body differs from cmid: " + Describe(m));
@@ -748,8 +747,7 @@ void CheckStore(Audit* audit, const std::vector<std::string>& users,
       }
       auto [it, fresh] = audit->by_cmid.emplace(m.cmid, m);
       if (!fresh) {
-        violations->push_back("cmid stored twice: " + Describe(it->second) + " and " +
-                              Describe(m));
+        violations->push_back("cmid stored twice: " + Describe(it->second) + " and " + Describe(m));
       }
       if (outgoing.count(m.cmid) == 0) {
         violations->push_back("stored message nobody sent: " + Describe(m));
@@ -822,8 +820,8 @@ void CheckStore(Audit* audit, const std::vector<std::string>& users,
 }
 
 struct Totals {
-  int64_t sent = 0, acked = 0, killed_in_flight = 0, retries = 0, retry_dup = 0,
-          retry_new = 0, live_msgs = 0;
+  int64_t sent = 0, acked = 0, killed_in_flight = 0, retries = 0, retry_dup = 0, retry_new = 0,
+          live_msgs = 0;
 };
 
 }  // namespace
@@ -963,14 +961,16 @@ TEST_CASE("SIGKILL at random moments: every ok'd message survives exactly once",
             ++totals.retry_dup;
             if (!r.dup || r.seq != o.stored->seq || r.ts != o.stored->ts ||
                 r.conv != o.stored->conv) {
-              violations.push_back("retry of stored " + Describe(*o.stored) + " answered " +
-                                   r.raw + " (expected dup:true with the stored seq/ts)");
+              violations.push_back("retry of stored " + Describe(*o.stored) + " answered " + r.raw +
+                                   " (expected dup:true with the stored seq/ts)");
             }
           } else if (o.audited) {
             ++totals.retry_new;
             if (r.dup) {
-              violations.push_back("retry of " + r.cmid + " (not in the store at the audit) "
-                                   "answered dup:true: " + r.raw);
+              violations.push_back("retry of " + r.cmid +
+                                   " (not in the store at the audit) "
+                                   "answered dup:true: " +
+                                   r.raw);
             }
           }
         } else if (r.dup) {
