@@ -190,6 +190,12 @@ void Batch::PutUserConv(std::string_view user, std::string_view conv, const User
   Put(ShardOf(user), key_buf_, value_buf_);
 }
 
+void Batch::DeleteUserConv(std::string_view user, std::string_view conv) {
+  key_buf_.clear();
+  rec::AppendSubKey(&key_buf_, rec::kUserConv, user, conv);
+  Delete(ShardOf(user), key_buf_);
+}
+
 void Batch::PutDeviceCursor(std::string_view user, std::string_view device, int64_t cursor) {
   key_buf_.clear();
   value_buf_.clear();
