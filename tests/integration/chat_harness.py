@@ -379,6 +379,20 @@ class Client:
         except Exception:
             self._reader.cancel()
 
+    async def settle(self, inbox_seq, timeout=DEFAULT_TIMEOUT):
+        """Waits until this user's inbox holds `inbox_seq` entries. A recipient's inbox entry is
+        written by the fan-out that follows the sender's `ok` (the contract does not order the
+        two), so a test that connects a recipient right after sending waits for it here."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            resp = await self.ok("sync", since=0, limit=1)
+            if resp["inbox_seq"] >= inbox_seq:
+                return resp["inbox_seq"]
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"inbox_seq still {resp['inbox_seq']} after {timeout}s, "
+                                     f"expected {inbox_seq}")
+            await asyncio.sleep(0.01)
+
     async def sync_all(self, since=None, limit=None):
         """sync from `since` until more is false; returns (events, last inbox_seq)."""
         out = []
@@ -416,16 +430,21 @@ class ServerTestCase(unittest.IsolatedAsyncioTestCase):
     async def asyncSetUp(self):
         self.server = Server(**self.SERVER_KW)
         self._clients = []
-        self.server.start()
+        # Start/stop block (they poll the process): run them off the event loop.
+        await asyncio.to_thread(self.server.start)
 
     async def asyncTearDown(self):
         for c in self._clients:
             await c.close()
         try:
-            self.server.stop()
+            await asyncio.to_thread(self.server.stop)
         finally:
             self._server_logs = self.server.logs(3000)
             self.server.cleanup()
+
+    async def restart_server(self):
+        """SIGTERM (must exit 0), then start again on the same data directory."""
+        await asyncio.to_thread(self.server.restart)
 
     async def connect(self, **kw):
         c = await Client.connect(self.server, **kw)

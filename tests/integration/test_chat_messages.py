@@ -40,6 +40,14 @@ class MessagingTestCase(ServerTestCase):
         futs = [await client.request_nowait("send", to=to, cmid=c, body=body_fn(c)) for c in cmids]
         return await asyncio.wait_for(asyncio.gather(*futs), 60)
 
+    async def send_seen(self, client, cmid, to, observers, body="x", **fields):
+        """send_ok, then waits for the msg on every observer (connected devices of the
+        members), so that the members' inboxes and conversation lists include it."""
+        ok = await self.send_ok(client, cmid, to=to, body=body, **fields)
+        for o in observers:
+            await o.next_event("msg", pred=lambda e: e["cmid"] == cmid and e["seq"] == ok["seq"])
+        return ok
+
     def assert_fields(self, ev, expected, what=""):
         """ev has every key of expected with that value (additions are allowed by the
         contract), and no id (events never carry one)."""
@@ -408,24 +416,35 @@ class SyncAckTest(MessagingTestCase):
         alice = await self.client(user="alice")
         oks = [await self.send_ok(alice, f"off-{i}", to="bob", body=f"m{i}") for i in range(5)]
         bob = await self.client(user="bob", device="laptop")
-        self.assertEqual(bob.hello_ok["inbox_seq"], 5)
+        self.assertLessEqual(bob.hello_ok["inbox_seq"], 5)
+        # The client algorithm: sync, then live events (entries still being fanned out when
+        # bob connected arrive live); together they are inbox 1..5, each once, in order.
         resp = await bob.ok("sync")
         self.assertIs(resp["more"], False)
-        self.assertEqual(resp["inbox_seq"], 5)
-        evs = resp["events"]
-        self.assertEqual([e["inbox"] for e in evs], [1, 2, 3, 4, 5])
-        for i, (e, ok) in enumerate(zip(evs, oks)):
-            self.assert_fields(e, {"op": "msg", "inbox": i + 1, "conv": "d:alice:bob",
-                                   "seq": i + 1, "from": "alice", "cmid": f"off-{i}",
-                                   "ts": ok["ts"], "body": f"m{i}"}, "synced")
-            self.assertNotIn("meta", e)
+        got = list(resp["events"])
+        while len(got) < 5:
+            ev = await bob.next_event("msg")
+            if got and ev["inbox"] <= got[-1]["inbox"]:
+                continue  # already applied from the sync
+            got.append(ev)
+        self.assertEqual([e["inbox"] for e in got], [1, 2, 3, 4, 5])
         await bob.expect_no_event("msg", wait=0.3)
+        resp = await bob.ok("sync", since=0)
+        self.assertEqual((resp["inbox_seq"], resp["more"]), (5, False))
+        for label, evs in [("sync+live", got), ("sync", resp["events"])]:
+            self.assertEqual(len(evs), 5)
+            for i, (e, ok) in enumerate(zip(evs, oks)):
+                self.assert_fields(e, {"op": "msg", "inbox": i + 1, "conv": "d:alice:bob",
+                                       "seq": i + 1, "from": "alice", "cmid": f"off-{i}",
+                                       "ts": ok["ts"], "body": f"m{i}"}, label)
+                self.assertNotIn("meta", e)
 
     async def test_sync_since_and_default_from_ack(self):
         alice = await self.client(user="alice")
         for i in range(5):
             await self.send_ok(alice, f"s-{i}", to="bob")
         b1 = await self.client(user="bob", device="A")
+        await b1.settle(5)
         resp = await b1.ok("sync", since=2)
         self.assertEqual([e["inbox"] for e in resp["events"]], [3, 4, 5])
         resp = await b1.ok("sync", since=5)
@@ -449,6 +468,7 @@ class SyncAckTest(MessagingTestCase):
             await self.send_ok(alice, f"k-{i}", to="bob")
         b1 = await self.client(user="bob", device="A")
         b2 = await self.client(user="bob", device="B")
+        await b1.settle(6)
         r = await b1.request("ack", inbox=7)
         self.assert_error(r, "bad_request", "ack above inbox_seq")
         await b1.send_raw({"op": "ack", "inbox": 100})
@@ -492,6 +512,7 @@ class SyncLimitTest(MessagingTestCase):
                                             body_fn=lambda c: c)
         self.assertTrue(all(a["op"] == "ok" for a in answers))
         bob = await self.client(user="bob")
+        await bob.settle(total)
         resp = await bob.ok("sync")
         self.assertEqual(len(resp["events"]), 500, "default limit 500")
         self.assertEqual([e["inbox"] for e in resp["events"]], list(range(1, 501)))
@@ -521,21 +542,37 @@ class ClientAlgorithmTest(MessagingTestCase):
         """Bob follows the client algorithm of PROTOCOL.md section 5 across disconnects."""
         alice = await self.client(user="alice")
         applied = []  # (inbox, cmid)
-        last = 0
-
-        async def session():
-            nonlocal last
-            bob = await self.client(user="bob", device="phone")
-            events, _ = await bob.sync_all(since=last)
-            for e in events:
-                self.assertEqual(e["inbox"], last + 1, "sync has no gaps")
-                applied.append((e["inbox"], e["cmid"]))
-                last = e["inbox"]
-            if events:
-                await bob.ok("ack", inbox=last)
-            return bob
-
+        state = {"last": 0, "acked": 0, "bob": None}
         sent = []
+
+        def apply(e):
+            self.assertEqual(e["inbox"], state["last"] + 1, f"applied out of order: {e}")
+            applied.append((e["inbox"], e["cmid"]))
+            state["last"] = e["inbox"]
+
+        async def catch_up():
+            events, _ = await state["bob"].sync_all(since=state["last"])
+            for e in events:
+                apply(e)
+
+        async def connect():
+            state["bob"] = await self.client(user="bob", device="phone")
+            await catch_up()
+
+        async def pump(count):
+            """Applies live events until `count` events are applied in all."""
+            while len(applied) < count:
+                ev = await state["bob"].next_event("msg")
+                if ev["inbox"] <= state["last"]:
+                    continue  # already applied
+                if ev["inbox"] > state["last"] + 1:
+                    await catch_up()  # a gap: sync from last
+                    continue
+                apply(ev)
+
+        async def ack():
+            await state["bob"].ok("ack", inbox=state["last"])
+            state["acked"] = state["last"]
 
         async def send(n, tag):
             for i in range(n):
@@ -543,36 +580,33 @@ class ClientAlgorithmTest(MessagingTestCase):
                 sent.append(f"{tag}-{i}")
 
         await send(3, "before")
-        bob = await session()
+        await connect()
+        await pump(3)
+        await ack()
         await send(4, "live")
-        for _ in range(4):
-            ev = await bob.next_event("msg")
-            if ev["inbox"] <= last:
-                continue
-            self.assertEqual(ev["inbox"], last + 1, "live events arrive without gaps")
-            applied.append((ev["inbox"], ev["cmid"]))
-            last = ev["inbox"]
-        await bob.ok("ack", inbox=last)
-        await bob.close()
+        await pump(7)
+        await ack()
+        await state["bob"].close()
         await send(3, "offline")
-        bob = await session()
+        await connect()
+        await pump(10)
+        await ack()
         await send(2, "live2")
-        for _ in range(2):
-            ev = await bob.next_event("msg")
-            self.assertEqual(ev["inbox"], last + 1)
-            applied.append((ev["inbox"], ev["cmid"]))
-            last = ev["inbox"]
-        # Disconnect WITHOUT acking the last two: a sync without since repeats them, the
-        # client's own `last` filters them.
-        await bob.close()
+        await pump(12)
+        # Disconnect WITHOUT acking the last two: a sync without since starts at the device's
+        # ack and repeats them; the client's own `last` filters them.
+        await state["bob"].close()
         bob = await self.client(user="bob", device="phone")
         resp = await bob.ok("sync")
-        self.assertEqual([e["cmid"] for e in resp["events"]], ["live2-0", "live2-1"],
-                         "sync without since starts at the device's ack")
-        resp = await bob.ok("sync", since=last)
+        self.assertEqual(state["acked"], 10)
+        self.assertEqual([(e["inbox"], e["cmid"]) for e in resp["events"]],
+                         [(11, "live2-0"), (12, "live2-1")],
+                         "sync without since starts after the device's ack")
+        resp = await bob.ok("sync", since=state["last"])
         self.assertEqual(resp["events"], [], "nothing twice")
-        self.assertEqual([c for _, c in applied], sent)
+        self.assertEqual([c for _, c in applied], sent, "every message applied once, in order")
         self.assertEqual([i for i, _ in applied], list(range(1, len(sent) + 1)))
+        await bob.expect_no_event("msg", wait=0.3)
 
 
 class HistoryTest(MessagingTestCase):
@@ -660,7 +694,7 @@ class ReadReceiptTest(MessagingTestCase):
         b2 = await self.client(user="bob", device="laptop")
         carol = await self.client(user="carol")
         for i in range(3):
-            await self.send_ok(a1, f"rr-{i}", to="bob")
+            await self.send_seen(a1, f"rr-{i}", "bob", [a1, a2, b1, b2])
         before = now_ms()
         r = await b1.request("read", conv="d:alice:bob", seq=2)
         self.assertEqual(r["op"], "ok", r)
@@ -713,13 +747,13 @@ class ConvsTest(MessagingTestCase):
         bob = await self.client(user="bob")
         resp = await a1.ok("convs")
         self.assertEqual(resp["convs"], [])
-        ok_b1 = await self.send_ok(a1, "cv-1", to="bob")
+        ok_b1 = await self.send_seen(a1, "cv-1", "bob", [a1, bob])
         await asyncio.sleep(0.01)
-        await self.send_ok(a1, "cv-2", to="carol")
+        await self.send_seen(a1, "cv-2", "carol", [a1])
         await asyncio.sleep(0.01)
-        await self.send_ok(a1, "cv-3", to="dave")
+        await self.send_seen(a1, "cv-3", "dave", [a1])
         await asyncio.sleep(0.01)
-        ok_b2 = await self.send_ok(bob, "cv-4", to="alice")
+        ok_b2 = await self.send_seen(bob, "cv-4", "alice", [a1, bob])
         resp = await a1.ok("convs")
         got = [(c["conv"], c["last_seq"], c["read_seq"]) for c in resp["convs"]]
         self.assertEqual(got, [("d:alice:bob", 2, 0), ("d:alice:dave", 1, 0),
@@ -739,7 +773,7 @@ class ConvsTest(MessagingTestCase):
         self.assertEqual([(c["conv"], c["last_seq"], c["read_seq"]) for c in resp["convs"]],
                          [("d:alice:bob", 2, 0)])
         # Activity moves a conversation to the front.
-        await self.send_ok(a1, "cv-5", to="carol")
+        await self.send_seen(a1, "cv-5", "carol", [a1])
         resp = await a1.ok("convs")
         self.assertEqual([c["conv"] for c in resp["convs"]],
                          ["d:alice:carol", "d:alice:bob", "d:alice:dave"])
@@ -754,6 +788,7 @@ class ConvsTest(MessagingTestCase):
             futs.append(await c.request_nowait("send", to=f"u{i:03d}", cmid=f"dl-{i}", body="x"))
         answers = await asyncio.wait_for(asyncio.gather(*futs), 60)
         self.assertTrue(all(a["op"] == "ok" for a in answers), answers)
+        await a1.events("msg", 105, timeout=30)  # alice's inbox has them all
         resp = await a1.ok("convs")
         self.assertEqual(len(resp["convs"]), 100)
         resp = await a1.ok("convs", limit=1000)
@@ -854,6 +889,8 @@ class RestartTest(MessagingTestCase):
             await self.send_ok(b, f"p-b{i}", to="alice", body=f"b{i}")
         await self.send_ok(c, "p-c0", to="alice")
         dup_ok = await self.send_ok(a, "p-self", to="alice")
+        for cl, n in [(a, 12), (b, 10), (c, 1)]:
+            await cl.settle(n)
         await b.ok("ack", inbox=4)
         await a.ok("read", conv="d:alice:bob", seq=7)
         snapshot = {}
@@ -869,7 +906,7 @@ class RestartTest(MessagingTestCase):
             await cl.close()
         self._clients.clear()
 
-        self.server.restart()  # SIGTERM -> exit 0, then start on the same data dir
+        await self.restart_server()  # SIGTERM -> exit 0, then start on the same data dir
 
         a = await self.client(user="alice", device="phone")
         b = await self.client(user="bob", device="phone")
