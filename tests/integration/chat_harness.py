@@ -442,6 +442,14 @@ class ServerTestCase(unittest.IsolatedAsyncioTestCase):
             self._server_logs = self.server.logs(3000)
             self.server.cleanup()
 
+    async def assert_closed(self, client, code, what, timeout=3.0):
+        """The server closes `client` with `code` within `timeout` seconds."""
+        try:
+            got = await client.wait_closed(timeout=timeout)
+        except asyncio.TimeoutError:
+            self.fail(f"connection still open {timeout} s {what} (expected close {code})")
+        self.assertEqual(got, code, what)
+
     async def restart_server(self):
         """SIGTERM (must exit 0), then start again on the same data directory."""
         await asyncio.to_thread(self.server.restart)

@@ -66,7 +66,7 @@ class DevModeHelloTest(ServerTestCase):
         else:
             self.assertEqual(resp["code"], code, resp)
         self.assertIsInstance(resp["message"], str)
-        self.assertEqual(await c.wait_closed(), close_code, f"hello {fields}")
+        await self.assert_closed(c, close_code, f"after the failed hello {fields} -> {resp}")
         return resp
 
     async def test_invalid_user_id(self):
@@ -90,7 +90,7 @@ class DevModeHelloTest(ServerTestCase):
                 resp = await c.request(op, **fields)
                 self.assertEqual(resp["op"], "error", resp)
                 self.assertEqual(resp["code"], "unauthenticated", resp)
-                self.assertEqual(await c.wait_closed(), 4001)
+                await self.assert_closed(c, 4001, f"after {op} as the first request")
 
     async def test_non_hello_first_without_id(self):
         c = await self.connect()
@@ -98,7 +98,7 @@ class DevModeHelloTest(ServerTestCase):
         err = await c.next_event("error")
         self.assertEqual(err["code"], "unauthenticated", err)
         self.assertNotIn("id", err)
-        self.assertEqual(await c.wait_closed(), 4001)
+        await self.assert_closed(c, 4001, "after ping without id as the first request")
 
     async def test_nothing_delivered_before_hello_refusal(self):
         # A refused send before hello must not be stored.
@@ -210,14 +210,14 @@ class DevModeHelloTest(ServerTestCase):
             resp = await c.hello(user="alice")
             self.assertEqual(resp["user"], "alice")
         else:
-            self.assertEqual(await c.wait_closed(), 4001)
+            await self.assert_closed(c, 4001, "after the unauthenticated error")
 
     async def test_hello_in_dev_mode_with_garbage_token_refused(self):
         # In dev mode a token cannot be verified (no secret): the hello fails cleanly.
         c = await self.connect()
         resp = await c.request("hello", token="abc.def.ghi")
         self.assertEqual(resp["op"], "error", resp)
-        self.assertEqual(await c.wait_closed(), 4001)
+        await self.assert_closed(c, 4001, f"after hello with a token in dev mode -> {resp}")
 
 
 SECRET = "integration-secret-0123456789abcdef"
@@ -247,7 +247,7 @@ class JwtModeHelloTest(ServerTestCase):
         self.assertEqual(resp["op"], "error", f"hello {fields} -> {resp}")
         self.assertIn(resp["code"], codes, resp)
         self.assertEqual(resp["id"], 1)
-        self.assertEqual(await c.wait_closed(), close_code)
+        await self.assert_closed(c, close_code, f"after the failed hello {fields} -> {resp}")
 
     async def test_bad_signature(self):
         token = make_jwt({"sub": "alice", "exp": int(time.time()) + 600},
@@ -279,8 +279,9 @@ class JwtModeHelloTest(ServerTestCase):
             with self.subTest(token=token):
                 await self._refused({"token": token}, ("bad_request",), 4001)
 
-    async def test_token_not_a_string(self):
+    async def test_token_not_a_string_or_empty(self):
         await self._refused({"token": 12345}, ("bad_request",), 4001)
+        await self._refused({"token": ""}, ("bad_request",), 4001)
 
     async def test_expired_token(self):
         token = make_jwt({"sub": "alice", "exp": int(time.time()) - 30}, SECRET)
@@ -308,7 +309,7 @@ class JwtModeHelloTest(ServerTestCase):
         if resp["op"] == "ok":
             self.assertEqual(resp["user"], "alice")
         else:
-            self.assertEqual(await c.wait_closed(), 4001)
+            await self.assert_closed(c, 4001, f"after hello with token and user -> {resp}")
 
     async def test_invalid_sub(self):
         token = make_jwt({"sub": "not a valid id", "exp": int(time.time()) + 600}, SECRET)
