@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from chat_harness import Closed, ServerTestCase, dconv, main  # noqa: E402
+from chat_harness import ServerTestCase, dconv, main  # noqa: E402
 
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@-"
 FAST = ["--limits.rate_per_sec=100000", "--limits.rate_burst=100000"]

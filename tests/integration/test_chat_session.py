@@ -5,14 +5,13 @@ Run: PARLEY_BIN=build/parley /usr/bin/python3 tests/integration/test_chat_sessio
 """
 
 import asyncio
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from chat_harness import Closed, ServerTestCase, main, make_jwt  # noqa: E402
+from chat_harness import ServerTestCase, main, make_jwt  # noqa: E402
 
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@-"
 
