@@ -1,0 +1,154 @@
+"""POST /api/v1/send (PROTOCOL.md sections 9 and 10) against the real server.
+
+Run: PARLEY_BIN=build/parley /usr/bin/python3 tests/integration/test_admin_api.py
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from chat_harness import ServerTestCase, main  # noqa: E402
+
+ADMIN = "admin-token-for-integration-tests-42"
+
+
+class AdminSendTest(ServerTestCase):
+    SERVER_KW = {"admin_token": ADMIN}
+
+    def post(self, body, token=ADMIN, headers=None):
+        hdrs = {"Content-Type": "application/json"}
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        hdrs.update(headers or {})
+        data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+        return self.server.http("POST", "/api/v1/send", body=data, headers=hdrs)
+
+    def post_json(self, body, expect_status, **kw):
+        status, headers, data = self.post(body, **kw)
+        self.assertEqual(status, expect_status, f"POST {body!r}: {status} {data!r}")
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            self.fail(f"POST {body!r}: answer is not JSON: {data!r}")
+        return obj
+
+    async def test_send_delivers_live(self):
+        bob = await self.client(user="bob", device="phone")
+        before = int(time.time() * 1000)
+        ans = self.post_json({"from": "system", "to": "bob", "cmid": "n-1", "body": "shipped"}, 200)
+        self.assertEqual(ans["op"], "ok")
+        self.assertEqual(ans["conv"], "d:bob:system")
+        self.assertEqual(ans["seq"], 1)
+        self.assertIs(ans["dup"], False)
+        self.assertGreaterEqual(ans["ts"], before - 2000)
+        self.assertNotIn("id", ans)
+        ev = await bob.next_event("msg")
+        self.assertEqual({k: ev.get(k) for k in ("inbox", "conv", "seq", "from", "cmid", "ts",
+                                                 "body")},
+                         {"inbox": 1, "conv": "d:bob:system", "seq": 1, "from": "system",
+                          "cmid": "n-1", "ts": ans["ts"], "body": "shipped"})
+
+    async def test_send_as_user_reaches_both_sides(self):
+        alice = await self.client(user="alice")
+        bob = await self.client(user="bob")
+        ans = self.post_json({"from": "alice", "to": "bob", "cmid": "adm-1", "body": "hi",
+                              "meta": {"via": "backend"}}, 200)
+        self.assertEqual((ans["conv"], ans["seq"]), ("d:alice:bob", 1))
+        for c in (alice, bob):
+            ev = await c.next_event("msg")
+            self.assertEqual((ev["from"], ev["cmid"], ev["body"], ev["meta"]),
+                             ("alice", "adm-1", "hi", {"via": "backend"}))
+        # The cmid belongs to alice: her own send with it is a dup of the admin one.
+        again = await alice.ok("send", to="bob", cmid="adm-1", body="hi")
+        self.assertEqual((again["dup"], again["seq"], again["ts"]), (True, 1, ans["ts"]))
+
+    async def test_dedupe(self):
+        bob = await self.client(user="bob")
+        first = self.post_json({"from": "system", "to": "bob", "cmid": "n-7", "body": "x"}, 200)
+        again = self.post_json({"from": "system", "to": "bob", "cmid": "n-7", "body": "x"}, 200)
+        self.assertIs(again["dup"], True)
+        self.assertEqual((again["conv"], again["seq"], again["ts"]),
+                         (first["conv"], first["seq"], first["ts"]))
+        await bob.next_event("msg")
+        await bob.expect_no_event("msg", wait=0.5)
+        resp = await bob.ok("sync", since=0)
+        self.assertEqual(resp["inbox_seq"], 1)
+        nxt = self.post_json({"from": "system", "to": "bob", "cmid": "n-8", "body": "y"}, 200)
+        self.assertEqual((nxt["seq"], nxt["dup"]), (2, False))
+
+    async def test_offline_recipient_syncs(self):
+        self.post_json({"from": "system", "to": "carol", "cmid": "o-1", "body": "later"}, 200)
+        carol = await self.client(user="carol")
+        self.assertLessEqual(carol.hello_ok["inbox_seq"], 1)
+        await carol.settle(1)  # the inbox entry follows the 200 (fan-out)
+        resp = await carol.ok("sync")
+        self.assertEqual([(e["from"], e["body"]) for e in resp["events"]], [("system", "later")])
+
+    async def test_bad_input_is_400(self):
+        bob = await self.client(user="bob")
+        cases = [
+            ("invalid JSON", "{not json"),
+            ("not an object", "[1,2]"),
+            ("empty body", ""),
+            ("missing from", {"to": "bob", "cmid": "b-1", "body": "x"}),
+            ("invalid from", {"from": "sys tem", "to": "bob", "cmid": "b-2", "body": "x"}),
+            ("invalid to", {"from": "system", "to": "bo b", "cmid": "b-3", "body": "x"}),
+            ("missing cmid", {"from": "system", "to": "bob", "body": "x"}),
+            ("invalid cmid", {"from": "system", "to": "bob", "cmid": "b 4", "body": "x"}),
+            ("missing body", {"from": "system", "to": "bob", "cmid": "b-5"}),
+            ("to and group", {"from": "system", "to": "bob", "group": "g", "cmid": "b-6",
+                              "body": "x"}),
+            ("neither to nor group", {"from": "system", "cmid": "b-7", "body": "x"}),
+            ("meta not an object", {"from": "system", "to": "bob", "cmid": "b-8", "body": "x",
+                                    "meta": [1]}),
+        ]
+        for what, body in cases:
+            with self.subTest(what):
+                ans = self.post_json(body, 400)
+                self.assertEqual(ans.get("code"), "bad_request", f"{what}: {ans}")
+                self.assertIsInstance(ans.get("message"), str, f"{what}: {ans}")
+        await bob.expect_no_event("msg", wait=0.3)
+        self.assertEqual((await bob.ok("sync", since=0))["inbox_seq"], 0)
+
+    async def test_unauthorized_is_401(self):
+        bob = await self.client(user="bob")
+        body = {"from": "system", "to": "bob", "cmid": "u-1", "body": "x"}
+        for what, kw in [("no Authorization", {"token": None}),
+                         ("wrong token", {"token": "wrong-token"}),
+                         ("token prefix", {"token": ADMIN[:-1]}),
+                         ("token with suffix", {"token": ADMIN + "x"}),
+                         ("empty bearer", {"token": ""}),
+                         ("basic scheme", {"token": None,
+                                           "headers": {"Authorization": f"Basic {ADMIN}"}})]:
+            with self.subTest(what):
+                status, _, data = self.post(body, **kw)
+                self.assertEqual(status, 401, f"{what}: {status} {data!r}")
+        await bob.expect_no_event("msg", wait=0.3)
+        self.assertEqual((await bob.ok("sync", since=0))["inbox_seq"], 0)
+        # A refused request's cmid was not used.
+        ans = self.post_json(body, 200)
+        self.assertIs(ans["dup"], False)
+
+
+class AdminDisabledTest(ServerTestCase):
+    SERVER_KW = {}  # no admin token configured
+
+    async def test_always_401(self):
+        bob = await self.client(user="bob")
+        body = json.dumps({"from": "system", "to": "bob", "cmid": "z-1", "body": "x"})
+        for token in [None, "", "anything", "admin-token-for-integration-tests-42"]:
+            with self.subTest(token=token):
+                hdrs = {"Content-Type": "application/json"}
+                if token is not None:
+                    hdrs["Authorization"] = f"Bearer {token}"
+                status, _, data = self.server.http("POST", "/api/v1/send", body=body,
+                                                   headers=hdrs)
+                self.assertEqual(status, 401, f"{status} {data!r}")
+        await bob.expect_no_event("msg", wait=0.3)
+
+
+if __name__ == "__main__":
+    main()
