@@ -684,6 +684,8 @@ bool DecodeRequest(simdjson::ondemand::parser& parser, simdjson::padded_string_v
   }
   out->op = op;
   out->id = id;
+  error->op_known = true;
+  error->op = op;
   Validator validator(fields, limits, out, error);
   return validator.Run(op);
 }

@@ -66,7 +66,11 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     limits.max_users_per_request = std::max<uint32_t>(ctx_.config->limits.max_watch,
                                                       ctx_.config->limits.max_group_size);
     if (!proto::DecodeRequest(ctx_.json_parser, padded, limits, &req, &err)) {
-      return SendError(err.id, err.code, err.message);
+      SendError(err.id, err.code, err.message);
+      // A request with a known op before authentication (a hello with invalid fields, or any
+      // other op) ends the connection; text that is not a request at all leaves it open.
+      if (!attached_ && err.op_known) ws.Close(4001, "not authenticated");
+      return;
     }
     if (!attached_) {
       if (req.op != proto::Op::kHello) {

@@ -87,6 +87,10 @@ struct DecodeError {
   std::string_view code;
   std::string message;
   int64_t id = -1;
+  // The request named a known op (its fields were invalid), as opposed to invalid JSON, a
+  // missing or an unknown op.
+  bool op_known = false;
+  Op op = Op::kPing;
 };
 
 // Decodes `json` (which must have SIMDJSON_PADDING readable bytes after its end).
