@@ -147,7 +147,11 @@ void Reactor::Listen(int listen_fd, AcceptHandlerFactory factory) {
 void Reactor::ArmAccept() {
   if (listen_fd_ < 0 || accept_armed_ || stopping_) return;
   io_uring_sqe* sqe = GetSqe();
-  io_uring_prep_multishot_accept(sqe, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  if (features_.multishot_accept) {
+    io_uring_prep_multishot_accept(sqe, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  } else {
+    io_uring_prep_accept(sqe, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  }
   io_uring_sqe_set_data64(sqe, kTagAccept);
   accept_armed_ = true;
 }
@@ -340,6 +344,11 @@ void Reactor::HandleCqe(const io_uring_cqe* cqe) {
 void Reactor::OnAccept(int res, uint32_t flags) {
   if (!(flags & IORING_CQE_F_MORE)) accept_armed_ = false;
   if (res < 0) {
+    if (res == -EINVAL && features_.multishot_accept && !stopping_) {
+      // Kernels before 5.19 have no multishot accept: fall back to one accept at a time.
+      features_.multishot_accept = false;
+      return;  // re-armed at the top of the loop
+    }
     if (res != -ECANCELED && res != -EINVAL) {
       // EMFILE, ENFILE, ENOBUFS, ENOMEM: leave pending connections in the backlog and retry
       // shortly instead of spinning.
