@@ -217,6 +217,16 @@ class WsProtocolTest(WsTestBase):
                 self.assertEqual(await wait_close_code(ws), 4001)
         run(go())
 
+    def test_hello_without_user_fails_and_closes_4001(self):
+        async def go():
+            async with self.connect() as ws:
+                reply = await request(ws, {"op": "hello", "id": 6, "device": "d1"})
+                self.assertEqual(reply.get("op"), "error", reply)
+                self.assertEqual(reply.get("id"), 6, reply)
+                self.assertIn(reply.get("code"), ("bad_request", "unauthenticated"), reply)
+                self.assertEqual(await wait_close_code(ws), 4001)
+        run(go())
+
     def test_invalid_json_is_bad_request_and_connection_stays_open(self):
         async def go():
             async with self.connect() as ws:
