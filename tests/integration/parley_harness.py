@@ -105,7 +105,8 @@ class ParleyServer:
         last = "no answer"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerError("exited with code %d before becoming ready" % self.proc.returncode)
+                raise ServerError("exited with code %d before becoming ready"
+                                  % self.proc.returncode)
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1.0)
                 conn.request("GET", "/healthz")
@@ -149,7 +150,8 @@ class ParleyServer:
         self.proc = None
         if check and rc != 0:
             if rc is None:
-                what = "did not exit within %.1f s of %s (killed)" % (timeout, signal.Signals(sig).name)
+                what = "did not exit within %.1f s of %s (killed)" % (timeout,
+                                                                      signal.Signals(sig).name)
             else:
                 what = "exited with code %d after %s" % (rc, signal.Signals(sig).name)
             raise ServerError("%s %s\n%s" % (self.name, what, tail))

@@ -5,6 +5,8 @@ Re-creates the Autobahn|Testsuite fuzzing-client case groups 1 (framing), 2 (pin
 valid/invalid sequences), 7 (close handshake, codes and reasons), 9 (large and fragmented
 messages up to the configured limit) and 10 (auto-fragmentation), driven by Debian's
 python3-autobahn (Twisted) client. Each case is a test method named after its case number.
+Group "x" adds checks beyond the Autobahn groups: unmasked client frames, a bad 64-bit length,
+and messages over limits.max_message_bytes (1009).
 
 Verdicts follow the Autobahn rules: the events the client received (echoed messages, pongs,
 "timeout" markers of the fail-fast cases) are compared with the expected outcomes of the case
@@ -97,7 +99,8 @@ class Case:
 
     @property
     def group(self):
-        return int(self.cid.split(".")[0])
+        head = self.cid.split(".")[0]
+        return int(head) if head.isdigit() else head
 
 
 # ---------------------------------------------------------------------------------------------
@@ -963,6 +966,48 @@ _group9()
 _group10()
 
 
+# ---- x: checks beyond the Autobahn groups (frame header and size limits) ----
+
+def _extra():
+    def start_x_1(run):
+        run.p.sendFrame(opcode=1, payload=b"Hello, world!")
+        run.kill_after(KILL_AFTER)
+    add("x.1", "unmasked text frame from the client (RFC 6455 5.1: the server must fail)",
+        start_x_1, {OK: []}, fail_close(1002), options={"maskClientFrames": False})
+
+    def start_x_2(run):
+        # 64-bit length with the most significant bit set (must be 0).
+        run.p.sendData(bytes([0x81, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 5]) + b"\x00" * 4 +
+                       b"hello")
+        run.kill_after(KILL_AFTER)
+    add("x.2", "frame whose 64-bit length has the most significant bit set", start_x_2,
+        {OK: []}, fail_close(1002, 1009))
+
+    def start_x_3(run):
+        # Only the header of a 1 TiB frame: the server must refuse it without waiting for data.
+        run.p.sendData(bytes([0x82, 0x80 | 127]) + (1 << 40).to_bytes(8, "big") + b"\x00" * 4)
+        run.kill_after(2.0)
+    add("x.3", "header of a 1 TiB binary frame (over limits.max_message_bytes)", start_x_3,
+        {OK: []}, fail_close(1009))
+
+    def start_x_4(run):
+        run.p.sendMessage(b"*" * (MAX_MESSAGE_BYTES + 1))
+        run.kill_after(10)
+    add("x.4", "text message one octet over limits.max_message_bytes", start_x_4, {OK: []},
+        fail_close(1009), options={"utf8validateIncoming": False})
+
+    def start_x_5(run):
+        half = MAX_MESSAGE_BYTES // 2 + 1
+        run.p.sendFrame(opcode=2, fin=False, payload=b"\xfe" * half)
+        run.p.sendFrame(opcode=0, fin=True, payload=b"\xfe" * half)
+        run.kill_after(10)
+    add("x.5", "binary message in 2 fragments adding up to more than limits.max_message_bytes",
+        start_x_5, {OK: []}, fail_close(1009))
+
+
+_extra()
+
+
 # ---------------------------------------------------------------------------------------------
 # unittest plumbing
 
@@ -1017,7 +1062,7 @@ class ConformanceTest(parley_harness.ServerTestCase):
     def print_summary(cls):
         groups = collections.OrderedDict()
         for cid, verdict in cls.results.items():
-            groups.setdefault(int(cid.split(".")[0]), collections.Counter())[verdict] += 1
+            groups.setdefault(cid.split(".")[0], collections.Counter())[verdict] += 1
         out = ["", "Conformance summary (cases passed per group):"]
         total_pass = total = 0
         for g, counter in groups.items():
@@ -1026,7 +1071,7 @@ class ConformanceTest(parley_harness.ServerTestCase):
             total_pass += passed
             total += n
             detail = ", ".join("%s %d" % (k, v) for k, v in sorted(counter.items()))
-            out.append("  group %2d: %3d/%3d passed  (%s)" % (g, passed, n, detail))
+            out.append("  group %2s: %3d/%3d passed  (%s)" % (g, passed, n, detail))
         out.append("  total   : %3d/%3d passed" % (total_pass, total))
         failed = [cid for cid, v in cls.results.items() if v == FAILED]
         if failed:

@@ -193,7 +193,8 @@ class HttpTest(parley_harness.ServerTestCase):
         "conflicting_content_lengths":
             "GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
         "control_char_in_method": "G\x01T /healthz HTTP/1.1\r\nHost: a\r\n\r\n",
-        "binary_tls_hello": "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + "\x00" * 40 + "\r\n\r\n",
+        "binary_tls_hello":
+            "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + "\x00" * 40 + "\r\n\r\n",
         "missing_host_http11": "GET /healthz HTTP/1.1\r\nUser-Agent: t\r\n\r\n",
     }
 
@@ -217,7 +218,8 @@ class HttpTest(parley_harness.ServerTestCase):
         self.assertEqual(resp.status, 431, resp)
 
     def test_many_headers_over_max_header_bytes_431(self):
-        headers = "".join("X-H%d: %s\r\n" % (i, "v" * 40) for i in range(MAX_HEADER_BYTES // 40 + 5))
+        headers = "".join("X-H%d: %s\r\n" % (i, "v" * 40)
+                          for i in range(MAX_HEADER_BYTES // 40 + 5))
         resp = self.request("GET /healthz HTTP/1.1\r\nHost: a\r\n%s\r\n" % headers)
         self.assertEqual(resp.status, 431, resp)
 
@@ -329,7 +331,8 @@ class HttpTest(parley_harness.ServerTestCase):
             if c.closed_by_peer(0.1):
                 closed_at = time.monotonic()
                 break
-        self.assertIsNotNone(closed_at, "slow head not cut off within %.1f s" % (deadline - started))
+        self.assertIsNotNone(closed_at,
+                             "slow head not cut off within %.1f s" % (deadline - started))
         elapsed = closed_at - started
         self.assertGreaterEqual(elapsed, HANDSHAKE_TIMEOUT_MS / 1000.0 * 0.8,
                                 "cut off after %.3f s, before the handshake timeout" % elapsed)
@@ -353,7 +356,8 @@ class HttpTest(parley_harness.ServerTestCase):
         time.sleep(HANDSHAKE_TIMEOUT_MS / 1000.0 * 2)
         send_ws_text(c.sock, json.dumps({"op": "ping", "id": 2}))
         opcode, payload = read_ws_frame(c)
-        self.assertEqual(opcode, 0x1, "expected the ping answer, got opcode %d %r" % (opcode, payload))
+        self.assertEqual(opcode, 0x1,
+                         "expected the ping answer, got opcode %d %r" % (opcode, payload))
         self.assertEqual(json.loads(payload)["id"], 2)
 
 
@@ -370,7 +374,9 @@ def send_ws_text(sock, text):
 
 
 def read_ws_frame(raw):
-    """Reads one unmasked server frame from a RawHttp; skips server pings. Returns (opcode, payload)."""
+    """Reads one unmasked server frame from a RawHttp, skipping server pings.
+
+    Returns (opcode, payload)."""
     while True:
         while len(raw.buf) < 2:
             raw._fill()

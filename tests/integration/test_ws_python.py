@@ -233,7 +233,8 @@ class WsProtocolTest(WsTestBase):
                 await self.hello(ws)
                 await ws.send("{this is not json")
                 reply = await recv_json(ws)
-                self.assertEqual((reply.get("op"), reply.get("code")), ("error", "bad_request"), reply)
+                self.assertEqual((reply.get("op"), reply.get("code")), ("error", "bad_request"),
+                                 reply)
                 self.assertNotIn("id", reply, reply)
                 self.assertIsInstance(reply.get("message"), str, reply)
                 reply = await request(ws, {"op": "ping", "id": 11})
@@ -487,24 +488,29 @@ class WsShutdownTest(WsTestBase):
     def tearDownClass(cls):
         pass
 
-    def test_sigterm_closes_every_connection_1001_and_exits_0(self):
+    def check_stop_signal(self, sig):
         async def go():
             authed = [await self.connect() for _ in range(5)]
             for i, ws in enumerate(authed):
                 await self.hello(ws, user="s%d" % i)
             fresh = [await self.connect() for _ in range(2)]  # upgraded, no hello yet
-            self.server.send_signal(signal.SIGTERM)
-            codes = await asyncio.gather(*(wait_close_code(ws, timeout=6) for ws in authed + fresh))
-            return codes
+            self.server.send_signal(sig)
+            return await asyncio.gather(*(wait_close_code(ws, timeout=6)
+                                          for ws in authed + fresh))
 
         started = time.monotonic()
         codes = run(go())
-        self.assertEqual(codes, [1001] * 7)
+        self.assertEqual(codes, [1001] * 7, "close codes after %s" % signal.Signals(sig).name)
         rc = self.server.wait_exit(timeout=max(0.5, 5.0 - (time.monotonic() - started)))
-        self.assertEqual(rc, 0, "exit code after SIGTERM (None = still running after 5 s)\n"
-                         + self.server.log_tail())
+        self.assertEqual(rc, 0, "exit code after %s (None = still running after 5 s)\n%s"
+                         % (signal.Signals(sig).name, self.server.log_tail()))
         self.server.stop(check=False)
 
+    def test_sigterm_closes_every_connection_1001_and_exits_0(self):
+        self.check_stop_signal(signal.SIGTERM)
+
+    def test_sigint_closes_every_connection_1001_and_exits_0(self):
+        self.check_stop_signal(signal.SIGINT)
 
 if __name__ == "__main__":
     parley_harness.main()

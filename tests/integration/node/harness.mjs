@@ -112,7 +112,9 @@ export class ParleyServer {
   // Waits up to timeoutMs for the process to exit; {code, signal}, or null if it had to be killed.
   async waitExit(timeoutMs = 5000) {
     let timer;
-    const timeout = new Promise((resolve) => { timer = setTimeout(() => resolve(null), timeoutMs); });
+    const timeout = new Promise((resolve) => {
+      timer = setTimeout(() => resolve(null), timeoutMs);
+    });
     const result = await Promise.race([this.exit, timeout]);
     clearTimeout(timer);
     if (result === null) {
