@@ -1,6 +1,7 @@
 // Encoding of server frames (PROTOCOL.md): ok answers, errors and events, appended to a
 // caller-owned string (a connection's output or a reused scratch buffer). Field order is
 // fixed; keys are snake_case; strings are escaped; stored `meta` JSON is inserted verbatim.
+// Every encoder that takes a request id omits "id" when it is negative.
 #pragma once
 
 #include <cstdint>

@@ -6,6 +6,20 @@
 // their maximum, canonical conversation ids, exactly one of to/group. The chat layer only
 // checks what needs state (membership, existence, rate).
 //
+// Choices where PROTOCOL.md is silent:
+// - Every value is validated as JSON, including those of keys the op does not use (which are
+//   otherwise ignored, whatever their type). Object/array nesting is limited to 64 levels in
+//   total; deeper input is bad_request. Numbers must be finite doubles.
+// - A repeated key is bad_request, the id echoed unless "id" itself was repeated or invalid.
+// - meta_json is the object's text exactly as sent (inner whitespace kept, escapes not
+//   decoded); max_meta_bytes applies to that text. body is measured after unescaping.
+// - send without meta needs a non-empty body; meta must be an object (null is bad_request).
+// - hello: an empty token is bad_request.
+// - users/members longer than max_users_per_request is too_large; group_create's name longer
+//   than 128 bytes is bad_request.
+// - group_create takes its list from "members", the other ops from "users"; Request::users
+//   holds either.
+//
 // Lifetime: string_views in Request point into the parser's buffers and the padded input;
 // they are valid until the next DecodeRequest on the same parser. Copy what must outlive it
 // (e.g. before a cross-core hop).
