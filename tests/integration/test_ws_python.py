@@ -42,11 +42,15 @@ async def request(ws, obj, timeout=RECV_TIMEOUT):
 
 async def wait_close_code(ws, timeout=RECV_TIMEOUT):
     """Waits for the server to close; returns the close code the client received (1006: none)."""
+    extra = []
     try:
         while True:
-            await asyncio.wait_for(ws.recv(), timeout)
+            extra.append(await asyncio.wait_for(ws.recv(), timeout))
     except ConnectionClosed:
         pass
+    except asyncio.TimeoutError:
+        raise AssertionError("the server did not close the connection within %.1f s "
+                             "(messages meanwhile: %r)" % (timeout, extra)) from None
     await asyncio.wait_for(ws.wait_closed(), timeout)
     return ws.close_code
 
