@@ -221,6 +221,12 @@ class ServerTestCase(unittest.TestCase):
         if server is not None:
             server.stop()
 
+    def tearDown(self):
+        # Attribute a crash to the test that caused it, not to the class teardown.
+        server = type(self).server
+        if server is not None and not server.alive():
+            self.fail("the server process died during this test\n" + server.log_tail())
+
     def assertServerAlive(self):
         self.assertTrue(self.server.alive(), "server process died\n" + self.server.log_tail())
 
