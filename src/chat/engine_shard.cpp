@@ -263,7 +263,7 @@ void EngineShard::Watch(Device& device, std::vector<std::string> users,
       finish_part(std::move(part));
       continue;
     }
-    deps_.router->SubmitToCore(me, owner, [&target = on(owner), me, list,
+    deps_.router->SubmitToCore(me, owner, [&target = on(owner), me, list = list,
                                            finish_part]() mutable {
       target.Subscribe(me, list, true);
       std::vector<PresenceInfo> part;

@@ -18,10 +18,11 @@ Server::~Server() {
   for (auto& t : threads_running_) {
     if (t.joinable()) t.join();
   }
-  // Commit what the writers still hold before the store closes.
+  // Commit what the writers still hold (their callbacks use the engines, reactors and mesh),
+  // then tear down the engines, before the store closes.
+  writers_.clear();
   contexts_.clear();
   engines_.clear();
-  writers_.clear();
   for (int fd : listen_fds_) {
     if (fd >= 0) ::close(fd);
   }

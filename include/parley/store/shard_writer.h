@@ -13,6 +13,14 @@
 // Failure: if a commit fails (disk full, I/O error), its callbacks get the error, and so do
 // the callbacks of every batch submitted before Poll reported that failure (they may build on
 // state the failed batch was to persist). Batches submitted after it are attempted normally.
+// "Submitted" counts from the moment an operation enters current(): operations (and OnCommit
+// callbacks) added before Poll runs the failed batch's callbacks fail with it, without being
+// written; those added from then on, including by those callbacks, are attempted normally.
+// Nothing submitted before a failure was reported ever commits after the failed batch.
+//
+// Destruction drains: the destructor runs Poll (on the destroying thread) until every
+// submitted batch has completed, so every callback runs exactly once. Callbacks must not call
+// Poll or destroy the writer.
 #pragma once
 
 #include <atomic>
@@ -34,7 +42,11 @@ class ShardWriter {
  public:
   using Callback = absl::AnyInvocable<void(const absl::Status&)>;
 
+  // Commits a batch; Store::Write by default. Tests substitute it to inject failures.
+  using WriteFn = std::function<absl::Status(Batch&)>;
+
   ShardWriter(Store& store, std::function<void()> notify);
+  ShardWriter(Store& store, std::function<void()> notify, WriteFn write);
   ~ShardWriter();  // commits what was submitted, then stops the thread
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;
@@ -50,9 +62,10 @@ class ShardWriter {
   struct Stats {
     std::atomic<uint64_t> commits{0};
     std::atomic<uint64_t> batches{0};
-    std::atomic<uint64_t> failures{0};
+    std::atomic<uint64_t> failures{0};  // commits that returned an error
     std::atomic<uint64_t> bytes{0};
-    // Commit latency histogram, microseconds: bucket i counts commits < kBucketsUs[i].
+    // Commit latency histogram, microseconds: bucket i counts commits < kBucketsUs[i]
+    // (cumulative, as Prometheus "le" buckets; the last bucket counts every commit).
     static constexpr uint64_t kBucketsUs[] = {100, 250, 500, 1000, 2500, 5000, 10000,
                                               25000, 50000, 100000, 250000, 1000000};
     static constexpr size_t kBuckets = sizeof(kBucketsUs) / sizeof(kBucketsUs[0]);
@@ -68,9 +81,13 @@ class ShardWriter {
     absl::Status status;
   };
   void ThreadMain();
+  void SubmitCurrent();  // seals current_ and its callbacks into a job of generation_
+  void FlushBacklog();   // moves backlog_ into to_thread_ as far as it fits, wakes the thread
+  void Signal();         // thread side: results are ready
 
   Store& store_;
   std::function<void()> notify_;
+  WriteFn write_;
   Batch current_;
   std::vector<Callback> current_callbacks_;
   std::deque<std::vector<Callback>> waiting_callbacks_;  // per submitted job, in order
@@ -82,6 +99,8 @@ class ShardWriter {
   std::deque<std::unique_ptr<Job>> backlog_;  // when to_thread_ is full
   std::atomic<uint64_t> submitted_{0};        // futex word the thread waits on
   std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> completed_{0};           // bumped by the thread per result delivery
+  std::vector<std::unique_ptr<Job>> free_jobs_;  // finished jobs kept to reuse their buffers
   Stats stats_;
   std::thread thread_;
 };

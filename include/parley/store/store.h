@@ -91,6 +91,9 @@ struct GroupRecord {
 class Store;
 
 // Operations to commit atomically. Not thread-safe; one per writer.
+// A Batch must come from Store::NewBatch (operations on an unbound Batch abort: they could not
+// be placed). A moved-from Batch stays bound to its Store and is empty (raw() is null until
+// its next operation).
 class Batch {
  public:
   Batch();
@@ -121,9 +124,13 @@ class Batch {
  private:
   friend class Store;
   void Bind(Store* store);
+  rocksdb::WriteBatch& Writable();  // allocates the WriteBatch of a moved-from Batch
+  void Put(int shard, std::string_view key, std::string_view value);
+  void Delete(int shard, std::string_view key);
   Store* store_ = nullptr;  // set by Store::NewBatch
   std::unique_ptr<rocksdb::WriteBatch> batch_;
   size_t ops_ = 0;
+  std::string key_buf_, value_buf_;  // reused encoding space (no allocation per operation)
 };
 
 class Store {
@@ -173,6 +180,7 @@ class Store {
   rocksdb::ColumnFamilyHandle* shard(int s) { return shards_[s]; }
 
  private:
+  friend class Batch;
   explicit Store(StoreOptions options);
   StoreOptions options_;
   std::unique_ptr<rocksdb::DB> db_;

@@ -1,0 +1,182 @@
+#include "parley/store/shard_writer.h"
+
+#include <rocksdb/write_batch.h>
+
+#include <chrono>
+#include <optional>
+#include <utility>
+
+namespace parley::store {
+
+namespace {
+
+// A group commit stops merging at this size so that one commit's latency stays bounded.
+constexpr size_t kMaxMergeBytes = 16u << 20;
+// Finished jobs are reused (their WriteBatch keeps its buffer); a few suffice.
+constexpr size_t kMaxFreeJobs = 16;
+constexpr size_t kMaxReusedCapacity = 1u << 20;
+
+}  // namespace
+
+ShardWriter::ShardWriter(Store& store, std::function<void()> notify)
+    : ShardWriter(store, std::move(notify), nullptr) {}
+
+ShardWriter::ShardWriter(Store& store, std::function<void()> notify, WriteFn write)
+    : store_(store), notify_(std::move(notify)), write_(std::move(write)) {
+  current_ = store_.NewBatch();
+  thread_ = std::thread([this] { ThreadMain(); });
+}
+
+ShardWriter::~ShardWriter() {
+  // Every submitted batch completes and every callback runs before the thread stops.
+  for (;;) {
+    const uint64_t seen = completed_.load(std::memory_order_acquire);
+    Poll();
+    if (!busy()) break;
+    completed_.wait(seen, std::memory_order_acquire);
+  }
+  stop_.store(true, std::memory_order_release);
+  submitted_.fetch_add(1, std::memory_order_release);
+  submitted_.notify_one();
+  thread_.join();
+}
+
+void ShardWriter::Poll() {
+  while (std::optional<std::unique_ptr<Job>> popped = from_thread_.TryPop()) {
+    std::unique_ptr<Job> job = std::move(*popped);
+    if (!job->status.ok() && job->generation == generation_) {
+      // The first report of this failure. Whatever is in current_ was added before it was
+      // reported and may build on the failed state: it fails too (the thread fails every job
+      // of this generation without writing it). Later submissions get a new generation.
+      if (!current_.empty() || !current_callbacks_.empty()) SubmitCurrent();
+      ++generation_;
+    }
+    std::vector<Callback> callbacks = std::move(waiting_callbacks_.front());
+    waiting_callbacks_.pop_front();
+    --in_flight_;
+    const absl::Status status = std::move(job->status);
+    job->status = absl::OkStatus();
+    if (free_jobs_.size() < kMaxFreeJobs && job->batch.raw() != nullptr &&
+        job->batch.raw()->Data().capacity() <= kMaxReusedCapacity) {
+      free_jobs_.push_back(std::move(job));
+    }
+    for (Callback& cb : callbacks) cb(status);
+  }
+  if (!current_.empty() || !current_callbacks_.empty()) SubmitCurrent();
+  FlushBacklog();
+}
+
+void ShardWriter::SubmitCurrent() {
+  std::unique_ptr<Job> job;
+  if (free_jobs_.empty()) {
+    job = std::make_unique<Job>();
+    job->batch = store_.NewBatch();
+  } else {
+    job = std::move(free_jobs_.back());
+    free_jobs_.pop_back();
+  }
+  // current_ takes the job's empty (possibly already grown) buffer.
+  std::swap(job->batch, current_);
+  job->generation = generation_;
+  waiting_callbacks_.push_back(std::move(current_callbacks_));
+  current_callbacks_.clear();
+  ++in_flight_;
+  backlog_.push_back(std::move(job));
+}
+
+void ShardWriter::FlushBacklog() {
+  bool pushed = false;
+  while (!backlog_.empty() && to_thread_.TryPush(backlog_.front())) {
+    backlog_.pop_front();
+    pushed = true;
+  }
+  if (pushed) {
+    submitted_.fetch_add(1, std::memory_order_release);
+    submitted_.notify_one();
+  }
+}
+
+void ShardWriter::Signal() {
+  completed_.fetch_add(1, std::memory_order_release);
+  completed_.notify_all();
+  if (notify_) notify_();
+}
+
+void ShardWriter::ThreadMain() {
+  std::vector<std::unique_ptr<Job>> jobs;
+  // The newest generation that had a failed commit; its remaining jobs are not written.
+  bool failed = false;
+  uint64_t failed_generation = 0;
+  absl::Status failed_status;
+
+  for (;;) {
+    const uint64_t seen = submitted_.load(std::memory_order_acquire);
+    while (std::optional<std::unique_ptr<Job>> job = to_thread_.TryPop()) {
+      jobs.push_back(std::move(*job));
+    }
+    if (jobs.empty()) {
+      if (stop_.load(std::memory_order_acquire)) return;
+      submitted_.wait(seen, std::memory_order_acquire);
+      continue;
+    }
+
+    for (size_t i = 0; i < jobs.size();) {
+      const uint64_t generation = jobs[i]->generation;
+      size_t end = i + 1;
+      absl::Status status;
+      if (failed && generation <= failed_generation) {
+        while (end < jobs.size() && jobs[end]->generation == generation) ++end;
+        status = failed_status;
+      } else {
+        // Group commit: consecutive jobs of one generation go to disk together.
+        Batch& merged = jobs[i]->batch;
+        while (end < jobs.size() && jobs[end]->generation == generation &&
+               merged.ByteSize() < kMaxMergeBytes) {
+          merged.Append(jobs[end]->batch);
+          ++end;
+        }
+        if (!merged.empty()) {
+          const auto start = std::chrono::steady_clock::now();
+          status = write_ ? write_(merged) : store_.Write(merged);
+          const uint64_t us =
+              static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                        std::chrono::steady_clock::now() - start)
+                                        .count());
+          stats_.commits.fetch_add(1, std::memory_order_relaxed);
+          stats_.bytes.fetch_add(merged.ByteSize(), std::memory_order_relaxed);
+          stats_.latency_sum_us.fetch_add(us, std::memory_order_relaxed);
+          for (size_t b = 0; b < Stats::kBuckets; ++b) {
+            if (us < Stats::kBucketsUs[b]) {
+              stats_.latency_le[b].fetch_add(1, std::memory_order_relaxed);
+            }
+          }
+          stats_.latency_le[Stats::kBuckets].fetch_add(1, std::memory_order_relaxed);
+          if (!status.ok()) {
+            stats_.failures.fetch_add(1, std::memory_order_relaxed);
+            failed = true;
+            failed_generation = generation;
+            failed_status = status;
+          }
+        }
+      }
+      stats_.batches.fetch_add(end - i, std::memory_order_relaxed);
+      for (size_t k = i; k < end; ++k) {
+        jobs[k]->status = status;
+        jobs[k]->batch.Clear();
+      }
+      i = end;
+    }
+
+    for (std::unique_ptr<Job>& job : jobs) {
+      // More results than the ring holds: let Poll drain it first.
+      while (!from_thread_.TryPush(job)) {
+        Signal();
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+    jobs.clear();
+    Signal();
+  }
+}
+
+}  // namespace parley::store

@@ -1,0 +1,298 @@
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "parley/store/shard_writer.h"
+#include "parley/store/store.h"
+#include "store_test_dir.h"
+
+using namespace parley::store;
+using parley::store::testing::TempDir;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::unique_ptr<Store> OpenStore(const std::string& dir) {
+  StoreOptions o;
+  o.data_dir = dir;
+  o.sync = false;
+  o.block_cache_bytes = 8 << 20;
+  o.write_buffer_bytes_total = 32 << 20;
+  auto s = Store::Open(o);
+  REQUIRE(s.ok());
+  return std::move(*s);
+}
+
+MessageRecord Msg(int64_t n) {
+  return MessageRecord{"alice", "c-" + std::to_string(n), n, "x", ""};
+}
+
+// Stands in for the reactor: the writer thread's notify bumps a counter; the test thread polls.
+struct Driver {
+  std::atomic<uint64_t> notified{0};
+  std::function<void()> notify() {
+    return [this] { notified.fetch_add(1, std::memory_order_release); };
+  }
+  // Polls until `done` holds (checked after each Poll), waiting for notifications in between.
+  template <typename Pred>
+  void PollUntil(ShardWriter& w, Pred done) {
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    for (;;) {
+      const uint64_t seen = notified.load(std::memory_order_acquire);
+      w.Poll();
+      if (done()) return;
+      while (notified.load(std::memory_order_acquire) == seen) {
+        REQUIRE(std::chrono::steady_clock::now() < deadline);
+        std::this_thread::sleep_for(20us);
+      }
+    }
+  }
+  void Drain(ShardWriter& w) {
+    PollUntil(w, [&] { return !w.busy(); });
+  }
+};
+
+void WaitFor(const std::atomic<bool>& flag) {
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (!flag.load()) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(20us);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("shard writer runs callbacks in submission order once data is durable", "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  Driver d;
+  ShardWriter w(*store, d.notify());
+  const std::string conv = "d:alice:bob";
+  std::vector<int> order;
+  std::vector<absl::Status> statuses;
+  bool all_visible = true;
+  constexpr int kBatches = 500;
+  for (int i = 0; i < kBatches; ++i) {
+    w.current().PutMessage(conv, i + 1, Msg(i + 1));
+    w.OnCommit([&, i](const absl::Status& s) {
+      order.push_back(i);
+      statuses.push_back(s);
+      // Committed means readable.
+      auto m = store->GetMessage(conv, i + 1);
+      all_visible = all_visible && m.ok() && m->has_value();
+    });
+    // Several callbacks per batch keep their order too.
+    if (i % 50 == 0) w.OnCommit([&, i](const absl::Status&) { order.push_back(i); });
+    w.Poll();
+  }
+  d.Drain(w);
+  std::vector<int> expected;
+  for (int i = 0; i < kBatches; ++i) {
+    expected.push_back(i);
+    if (i % 50 == 0) expected.push_back(i);
+  }
+  CHECK(order == expected);
+  for (const auto& s : statuses) CHECK(s.ok());
+  CHECK(all_visible);
+  CHECK(store->LastConvSeq(conv).value() == kBatches);
+  CHECK(d.notified.load() > 0);
+
+  const auto& st = w.stats();
+  CHECK(st.batches.load() == kBatches);
+  CHECK(st.commits.load() >= 1);
+  CHECK(st.commits.load() <= kBatches);
+  CHECK(st.failures.load() == 0);
+  CHECK(st.bytes.load() > kBatches * 20);
+  // Cumulative buckets: non-decreasing, the last one counts every commit.
+  CHECK(st.latency_le[ShardWriter::Stats::kBuckets].load() == st.commits.load());
+  for (size_t b = 1; b <= ShardWriter::Stats::kBuckets; ++b) {
+    CHECK(st.latency_le[b - 1].load() <= st.latency_le[b].load());
+  }
+}
+
+TEST_CASE("shard writer runs callbacks registered without operations after the next commit",
+          "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  Driver d;
+  ShardWriter w(*store, d.notify());
+  std::vector<std::string> log;
+  w.current().PutPendingFanout("g:a");
+  w.OnCommit([&](const absl::Status& s) { log.push_back(s.ok() ? "first" : "first-err"); });
+  w.Poll();
+  w.OnCommit([&](const absl::Status& s) { log.push_back(s.ok() ? "empty" : "empty-err"); });
+  CHECK(w.busy());
+  w.Poll();
+  d.Drain(w);
+  CHECK(log == std::vector<std::string>{"first", "empty"});
+  CHECK_FALSE(w.busy());
+  // Polling with nothing to do submits nothing.
+  const uint64_t batches = w.stats().batches.load();
+  w.Poll();
+  w.Poll();
+  CHECK_FALSE(w.busy());
+  CHECK(w.stats().batches.load() == batches);
+}
+
+TEST_CASE("shard writer merges batches that queue up into one commit", "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  bool merged = false;
+  // A slow disk: every commit takes a millisecond, so batches submitted meanwhile queue up.
+  for (int attempt = 0; attempt < 20 && !merged; ++attempt) {
+    Driver d;
+    ShardWriter w(*store, d.notify(), [&](Batch& b) {
+      std::this_thread::sleep_for(1ms);
+      return store->Write(b);
+    });
+    int done = 0;
+    for (int i = 0; i < 100; ++i) {
+      w.current().PutInbox("bob", attempt * 100 + i + 1, InboxRecord{"d:alice:bob", i, ""});
+      w.OnCommit([&](const absl::Status& s) { done += s.ok() ? 1 : 0; });
+      w.Poll();
+    }
+    d.Drain(w);
+    CHECK(done == 100);
+    CHECK(w.stats().batches.load() == 100);
+    merged = w.stats().commits.load() < w.stats().batches.load();
+  }
+  CHECK(merged);
+  CHECK(store->LastInboxSeq("bob").value() > 0);
+}
+
+TEST_CASE("a failed commit fails everything submitted before the failure was reported", "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  Driver d;
+  std::atomic<int> writes{0};
+  std::atomic<bool> in_first_write{false};
+  std::atomic<bool> release{false};
+  ShardWriter w(*store, d.notify(), [&](Batch& b) -> absl::Status {
+    if (writes.fetch_add(1) == 0) {
+      in_first_write = true;
+      while (!release.load()) std::this_thread::sleep_for(50us);
+      return absl::UnavailableError("disk gone");
+    }
+    return store->Write(b);
+  });
+  const std::string conv = "d:alice:bob";
+  std::vector<std::pair<std::string, absl::Status>> log;
+  auto record = [&](std::string name) {
+    return [&log, name](const absl::Status& s) { log.emplace_back(name, s); };
+  };
+
+  // A: its commit blocks inside the disk, then fails.
+  w.current().PutMessage(conv, 1, Msg(1));
+  w.OnCommit([&](const absl::Status& s) {
+    log.emplace_back("A", s);
+    // Submitted after the failure was reported: attempted normally.
+    w.current().PutMessage(conv, 5, Msg(5));
+    w.OnCommit(record("F"));
+  });
+  w.Poll();
+  WaitFor(in_first_write);
+  // B and C are submitted while A is in flight: they must never be written.
+  w.current().PutMessage(conv, 2, Msg(2));
+  w.OnCommit(record("B"));
+  w.Poll();
+  w.current().PutMessage(conv, 3, Msg(3));
+  w.OnCommit(record("C"));
+  w.Poll();
+  // E is in the current batch when A's failure comes back.
+  w.current().PutMessage(conv, 4, Msg(4));
+  w.OnCommit(record("E"));
+  release = true;
+  d.PollUntil(w, [&] { return log.size() >= 4; });
+  d.Drain(w);
+
+  REQUIRE(log.size() == 5);
+  CHECK(log[0].first == "A");
+  CHECK(log[1].first == "B");
+  CHECK(log[2].first == "C");
+  CHECK(log[3].first == "E");
+  CHECK(log[4].first == "F");
+  for (int i = 0; i < 4; ++i) {
+    INFO(log[i].first);
+    CHECK(absl::IsUnavailable(log[i].second));
+    CHECK(log[i].second.message() == "disk gone");
+  }
+  CHECK(log[4].second.ok());
+
+  for (int64_t seq = 1; seq <= 4; ++seq) {
+    INFO(seq);
+    CHECK_FALSE(store->GetMessage(conv, seq).value().has_value());
+  }
+  CHECK(store->GetMessage(conv, 5).value().has_value());
+  CHECK(writes.load() == 2);  // A, then F; B, C and E never reached the disk
+  CHECK(w.stats().failures.load() == 1);
+
+  // Later work goes on normally.
+  bool ok = false;
+  w.current().PutMessage(conv, 6, Msg(6));
+  w.OnCommit([&](const absl::Status& s) { ok = s.ok(); });
+  w.Poll();
+  d.Drain(w);
+  CHECK(ok);
+  CHECK(store->LastConvSeq(conv).value() == 6);
+}
+
+TEST_CASE("shard writer spills past a full queue without losing order", "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  Driver d;
+  std::atomic<bool> in_first_write{false};
+  std::atomic<bool> release{false};
+  std::atomic<int> writes{0};
+  ShardWriter w(*store, d.notify(), [&](Batch& b) {
+    if (writes.fetch_add(1) == 0) {
+      in_first_write = true;
+      while (!release.load()) std::this_thread::sleep_for(50us);
+    }
+    return store->Write(b);
+  });
+  std::vector<int> order;
+  constexpr int kBatches = 3000;  // more than both rings hold
+  w.current().PutInbox("carol", 1, InboxRecord{"c", 1, ""});
+  w.OnCommit([&](const absl::Status& s) { order.push_back(s.ok() ? 0 : -1); });
+  w.Poll();
+  WaitFor(in_first_write);
+  for (int i = 1; i < kBatches; ++i) {
+    w.current().PutInbox("carol", i + 1, InboxRecord{"c", i + 1, ""});
+    w.OnCommit([&, i](const absl::Status& s) { order.push_back(s.ok() ? i : -1); });
+    w.Poll();
+  }
+  release = true;
+  d.Drain(w);
+  REQUIRE(order.size() == kBatches);
+  for (int i = 0; i < kBatches; ++i) REQUIRE(order[i] == i);
+  CHECK(store->LastInboxSeq("carol").value() == kBatches);
+}
+
+TEST_CASE("shard writer destructor commits and completes everything submitted", "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  Driver d;
+  std::vector<int> order;
+  {
+    ShardWriter w(*store, d.notify(), [&](Batch& b) {
+      std::this_thread::sleep_for(200us);
+      return store->Write(b);
+    });
+    for (int i = 0; i < 20; ++i) {
+      w.current().PutMessage("g:team", i + 1, Msg(i));
+      w.OnCommit([&, i](const absl::Status& s) { order.push_back(s.ok() ? i : -1); });
+      w.Poll();
+    }
+    // Never submitted by a Poll: the destructor does it.
+    w.current().PutMessage("g:team", 21, Msg(21));
+    w.OnCommit([&](const absl::Status& s) { order.push_back(s.ok() ? 20 : -1); });
+  }
+  std::vector<int> expected;
+  for (int i = 0; i <= 20; ++i) expected.push_back(i);
+  CHECK(order == expected);
+  CHECK(store->LastConvSeq("g:team").value() == 21);
+}
