@@ -62,13 +62,15 @@ int main(int argc, char** argv) {
       return 0;
     case parley::CommandLine::Action::kToken: {
       if (cli->config.auth.jwt_secret.empty()) {
-        std::fprintf(stderr, "parley token: no auth.jwt_secret configured (set it in the config "
-                             "file, PARLEY_JWT_SECRET or --auth.jwt_secret)\n");
+        std::fprintf(stderr,
+                     "parley token: no auth.jwt_secret configured (set it in the config "
+                     "file, PARLEY_JWT_SECRET or --auth.jwt_secret)\n");
         return 2;
       }
       const int64_t exp = cli->token_ttl_s > 0 ? parley::WallMillis() / 1000 + cli->token_ttl_s : 0;
-      std::printf("%s\n", parley::auth::SignHs256(cli->token_user, exp,
-                                                  cli->config.auth.jwt_secret).c_str());
+      std::printf(
+          "%s\n",
+          parley::auth::SignHs256(cli->token_user, exp, cli->config.auth.jwt_secret).c_str());
       return 0;
     }
     case parley::CommandLine::Action::kServe:

@@ -135,9 +135,12 @@ void EngineShard::DetachDevice(Device* device) {
 
 std::string_view EngineShard::StatusName(Status s) {
   switch (s) {
-    case Status::kOnline: return "online";
-    case Status::kBusy: return "busy";
-    default: return "offline";
+    case Status::kOnline:
+      return "online";
+    case Status::kBusy:
+      return "busy";
+    default:
+      return "offline";
   }
 }
 
@@ -225,8 +228,8 @@ void EngineShard::Watch(Device& device, std::vector<std::string> users,
   size_t fresh = 0;
   for (const auto& u : distinct) fresh += mine.contains(u) ? 0 : 1;
   if (mine.size() + fresh > deps_.config->limits.max_watch) {
-    return done(absl::OutOfRangeError(StrCat("a connection may watch at most ",
-                                             deps_.config->limits.max_watch, " users")));
+    return done(absl::OutOfRangeError(
+        StrCat("a connection may watch at most ", deps_.config->limits.max_watch, " users")));
   }
   // Group the users by owner core: one hop per owner, which subscribes this core and answers
   // with a snapshot. Changes after the snapshot follow it on the same FIFO channel.
@@ -263,16 +266,15 @@ void EngineShard::Watch(Device& device, std::vector<std::string> users,
       finish_part(std::move(part));
       continue;
     }
-    deps_.router->SubmitToCore(me, owner, [&target = on(owner), me, list = list,
-                                           finish_part]() mutable {
-      target.Subscribe(me, list, true);
-      std::vector<PresenceInfo> part;
-      for (const auto& u : list) part.push_back(target.Snapshot(u));
-      target.deps_.router->SubmitToCore(target.core(), me,
-                                        [part = std::move(part), finish_part]() mutable {
-                                          finish_part(std::move(part));
-                                        });
-    });
+    deps_.router->SubmitToCore(
+        me, owner, [&target = on(owner), me, list = list, finish_part]() mutable {
+          target.Subscribe(me, list, true);
+          std::vector<PresenceInfo> part;
+          for (const auto& u : list) part.push_back(target.Snapshot(u));
+          target.deps_.router->SubmitToCore(
+              target.core(), me,
+              [part = std::move(part), finish_part]() mutable { finish_part(std::move(part)); });
+        });
   }
 }
 
@@ -341,8 +343,7 @@ void EngineShard::SendOnSenderCore(SendArgs args, int reply_core, Reply<SendResu
   }
   auto existing = deps_.store->GetDedupe(args.from, args.cmid);
   if (!existing.ok()) {
-    ReplyTo(reply_core, std::move(reply),
-            Failed(absl::UnavailableError("storage is unavailable")));
+    ReplyTo(reply_core, std::move(reply), Failed(absl::UnavailableError("storage is unavailable")));
     return;
   }
   if (existing->has_value()) {
@@ -401,11 +402,11 @@ void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
     auto group = LoadGroup(args->group);
     if (!group.ok()) return answer(Failed(absl::UnavailableError("storage is unavailable")));
     if (*group == nullptr) {
-      return answer(Failed(absl::NotFoundError(StrCat("group '", args->group, "' does not exist"))));
+      return answer(
+          Failed(absl::NotFoundError(StrCat("group '", args->group, "' does not exist"))));
     }
     members = (*group)->members;
-    if (!args->admin &&
-        std::find(members.begin(), members.end(), args->from) == members.end()) {
+    if (!args->admin && std::find(members.begin(), members.end(), args->from) == members.end()) {
       return answer(Failed(absl::PermissionDeniedError("only members may write to a group")));
     }
   }
@@ -449,22 +450,26 @@ void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
     }
     RecordSendLatency(start_us);
     answer({absl::OkStatus(), msg->conv, msg->seq, msg->ts, false});
+    // One hop per owner, not per member: a 200-member group costs a task per core.
+    absl::flat_hash_map<int, std::vector<std::string>> by_owner;
     for (const std::string& member : members) {
-      const int shard = store::ShardOf(member);
-      deps_.router->SubmitToShard(
-          deps_.core, shard,
-          [&target = on(deps_.router->CoreOfShard(shard)), member, msg]() mutable {
-            target.AppendInbox(std::move(member), std::move(msg));
-          });
+      by_owner[deps_.router->CoreOfUser(member)].push_back(member);
+    }
+    for (auto& [owner, list] : by_owner) {
+      deps_.router->SubmitToCore(deps_.core, owner,
+                                 [&target = on(owner), list = std::move(list), msg]() mutable {
+                                   for (std::string& member : list) {
+                                     target.AppendInbox(std::move(member), msg);
+                                   }
+                                 });
     }
   });
 }
 
 void EngineShard::AppendInbox(std::string user, MessagePtr msg) {
   auto retry = [this, user, msg] {
-    deps_.reactor->RunAfter(kRetryMs, [this, user, msg]() mutable {
-      AppendInbox(std::move(user), std::move(msg));
-    });
+    deps_.reactor->RunAfter(
+        kRetryMs, [this, user, msg]() mutable { AppendInbox(std::move(user), std::move(msg)); });
   };
   auto loaded = LoadUser(user);
   if (!loaded.ok()) return retry();
@@ -476,8 +481,9 @@ void EngineShard::AppendInbox(std::string user, MessagePtr msg) {
   auto confirm = [this, conv = msg->conv, user, seq = msg->seq] {
     const int shard = store::ShardOf(conv);
     deps_.router->SubmitToShard(deps_.core, shard,
-                                [&target = on(deps_.router->CoreOfShard(shard)), conv, user,
-                                 seq] { target.FanoutConfirmed(conv, user, seq); });
+                                [&target = on(deps_.router->CoreOfShard(shard)), conv, user, seq] {
+                                  target.FanoutConfirmed(conv, user, seq);
+                                });
   };
   if (rec == nullptr || msg->seq <= rec->last_seq) {
     // Not a member (any more), or already appended (a retry or recovery got there first).
@@ -538,8 +544,7 @@ void EngineShard::AppendInbox(std::string user, MessagePtr msg) {
   });
 }
 
-void EngineShard::FanoutConfirmed(const std::string& conv, const std::string& member,
-                                  int64_t seq) {
+void EngineShard::FanoutConfirmed(const std::string& conv, const std::string& member, int64_t seq) {
   auto it = convs_.find(conv);
   if (it == convs_.end()) return;  // reloaded after a failure; recovery handles the marker
   ConvState& cs = *it->second;
@@ -633,7 +638,7 @@ absl::Status EngineShard::Sync(Device& device, int64_t id, int64_t since, int64_
       // Stored events are JSON objects without "inbox": insert it after the opening brace.
       std::string* o = w.Item();
       StrAppend(o, "{\"op\":\"group\",\"inbox\":", inbox, ",",
-                      std::string_view(rec.event_json).substr(1));
+                std::string_view(rec.event_json).substr(1));
       continue;
     }
     auto msg = deps_.store->GetMessage(rec.conv, rec.seq);
@@ -669,8 +674,7 @@ absl::Status EngineShard::History(const std::string& user, int64_t id, std::stri
   std::vector<std::pair<int64_t, store::MessageRecord>> msgs;
   bool more = false;
   // Node-local read of the conversation log (any core may read the store).
-  absl::Status st =
-      deps_.store->ReadHistory(conv, before, static_cast<int>(limit), &msgs, &more);
+  absl::Status st = deps_.store->ReadHistory(conv, before, static_cast<int>(limit), &msgs, &more);
   if (!st.ok()) return absl::UnavailableError("storage is unavailable");
   proto::ListOkWriter w(out, id, "msgs");
   for (const auto& [seq, m] : msgs) {
@@ -777,7 +781,7 @@ absl::Status EngineShard::Convs(const std::string& user, int64_t id, int64_t lim
     StrAppend(o, "{\"conv\":");
     AppendJsonString(o, conv);
     StrAppend(o, ",\"last_seq\":", rec.last_seq, ",\"last_ts\":", rec.last_ts,
-                    ",\"read_seq\":", rec.read_seq, "}");
+              ",\"read_seq\":", rec.read_seq, "}");
   }
   w.Finish({}, false, false);
   return absl::OkStatus();
@@ -815,8 +819,7 @@ absl::Status EngineShard::Typing(Device& device, std::string_view to, std::strin
   const std::string target_user(to);
   const int shard = store::ShardOf(target_user);
   deps_.router->SubmitToShard(deps_.core, shard,
-                              [&target = on(deps_.router->CoreOfShard(shard)), target_user,
-                               frame] {
+                              [&target = on(deps_.router->CoreOfShard(shard)), target_user, frame] {
                                 auto it = target.users_.find(target_user);
                                 if (it == target.users_.end()) return;
                                 for (Device* d : it->second->devices) d->DeliverEphemeral(*frame);
@@ -899,17 +902,16 @@ void EngineShard::Group(GroupOp op, int reply_core, Reply<GroupResult> reply) {
   const int shard = store::ShardOf(proto::GroupConvId(op.group));
   const int owner = deps_.router->CoreOfShard(shard);
   if (owner == deps_.core) return GroupOnOwner(std::move(op), reply_core, std::move(reply));
-  deps_.router->SubmitToShard(deps_.core, shard,
-                              [&target = on(owner), op = std::move(op), reply_core,
-                               reply = std::move(reply)]() mutable {
-                                target.GroupOnOwner(std::move(op), reply_core, std::move(reply));
-                              });
+  deps_.router->SubmitToShard(
+      deps_.core, shard,
+      [&target = on(owner), op = std::move(op), reply_core, reply = std::move(reply)]() mutable {
+        target.GroupOnOwner(std::move(op), reply_core, std::move(reply));
+      });
 }
 
 namespace {
 std::string GroupEventJson(std::string_view group, std::string_view change,
-                           const std::vector<std::string>& users, std::string_view by,
-                           int64_t ts) {
+                           const std::vector<std::string>& users, std::string_view by, int64_t ts) {
   // Stored without "op" and "inbox"; delivery puts those in front.
   std::string out = "{\"group\":";
   AppendJsonString(&out, group);
@@ -930,10 +932,9 @@ std::string GroupEventJson(std::string_view group, std::string_view change,
 void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> reply) {
   auto answer = [this, reply_core](Reply<GroupResult> reply, GroupResult r) {
     if (reply_core == deps_.core) return reply(std::move(r));
-    deps_.router->SubmitToCore(deps_.core, reply_core,
-                               [reply = std::move(reply), r = std::move(r)]() mutable {
-                                 reply(std::move(r));
-                               });
+    deps_.router->SubmitToCore(
+        deps_.core, reply_core,
+        [reply = std::move(reply), r = std::move(r)]() mutable { reply(std::move(r)); });
   };
   auto fail = [&](absl::Status st) {
     GroupResult r;
@@ -980,18 +981,22 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
     g.members.erase(std::find(g.members.begin(), g.members.end(), who));
     std::vector<std::string> concerned = g.members;
     concerned.push_back(who);
-    events.push_back({std::make_shared<std::string>(
-                          GroupEventJson(op.group, "left", {who}, op.by, now)),
-                      concerned, {}, {who}});
+    events.push_back(
+        {std::make_shared<std::string>(GroupEventJson(op.group, "left", {who}, op.by, now)),
+         concerned,
+         {},
+         {who}});
     if (g.members.empty()) {
       deleted = true;
       return;
     }
     if (g.owner == who) {
       g.owner = g.members.front();  // the longest-standing member
-      events.push_back({std::make_shared<std::string>(
-                            GroupEventJson(op.group, "owner", {g.owner}, op.by, now)),
-                        g.members, {}, {}});
+      events.push_back(
+          {std::make_shared<std::string>(GroupEventJson(op.group, "owner", {g.owner}, op.by, now)),
+           g.members,
+           {},
+           {}});
     }
   };
 
@@ -1015,13 +1020,16 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
       }
       events.push_back({std::make_shared<std::string>(
                             GroupEventJson(op.group, "created", g.members, op.by, now)),
-                        g.members, g.members, {}});
+                        g.members,
+                        g.members,
+                        {}});
       groups_[op.group] = std::move(g);
       rec = &*groups_[op.group];
       break;
     }
     case GroupOp::kAdd: {
-      if (rec->owner != op.by) return fail(absl::PermissionDeniedError("only the owner adds members"));
+      if (rec->owner != op.by)
+        return fail(absl::PermissionDeniedError("only the owner adds members"));
       std::vector<std::string> added;
       for (const auto& u : op.users) {
         if (!is_member(*rec, u) && std::find(added.begin(), added.end(), u) == added.end()) {
@@ -1033,9 +1041,11 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
       }
       if (added.empty()) break;
       rec->members.insert(rec->members.end(), added.begin(), added.end());
-      events.push_back({std::make_shared<std::string>(
-                            GroupEventJson(op.group, "added", added, op.by, now)),
-                        rec->members, added, {}});
+      events.push_back(
+          {std::make_shared<std::string>(GroupEventJson(op.group, "added", added, op.by, now)),
+           rec->members,
+           added,
+           {}});
       break;
     }
     case GroupOp::kRemove: {
@@ -1060,7 +1070,9 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
         concerned.insert(concerned.end(), removed.begin(), removed.end());
         events.push_back({std::make_shared<std::string>(
                               GroupEventJson(op.group, "removed", removed, op.by, now)),
-                          concerned, {}, removed});
+                          concerned,
+                          {},
+                          removed});
       }
       if (self) leave(*rec, op.by);  // the owner removing itself is a leave
       break;
@@ -1087,8 +1099,8 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
   } else {
     batch.PutGroup(op.group, *rec);
   }
-  deps_.writer->OnCommit([this, group = op.group, conv, events = std::move(events), join_seq,
-                          now, result = std::move(result), reply = std::move(reply),
+  deps_.writer->OnCommit([this, group = op.group, conv, events = std::move(events), join_seq, now,
+                          result = std::move(result), reply = std::move(reply),
                           answer](const absl::Status& status) mutable {
     if (!status.ok()) {
       groups_.erase(group);  // reload the durable state next time
@@ -1102,8 +1114,8 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
     for (const auto& e : events) total += e.concerned.size();
     if (total == 0) return answer(std::move(reply), std::move(result));
     auto remaining = std::make_shared<size_t>(total);
-    auto finished = std::make_shared<std::pair<Reply<GroupResult>, GroupResult>>(
-        std::move(reply), std::move(result));
+    auto finished = std::make_shared<std::pair<Reply<GroupResult>, GroupResult>>(std::move(reply),
+                                                                                 std::move(result));
     for (const auto& e : events) {
       for (const std::string& user : e.concerned) {
         const bool joining = std::find(e.joining.begin(), e.joining.end(), user) != e.joining.end();
@@ -1113,8 +1125,8 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
         const int owner = deps_.router->CoreOfShard(shard);
         deps_.router->SubmitToShard(
             me, shard,
-            [&target = on(owner), user, conv, json = e.json, js = joining ? join_seq : -1,
-             leaving, now, me, remaining, finished, answer]() mutable {
+            [&target = on(owner), user, conv, json = e.json, js = joining ? join_seq : -1, leaving,
+             now, me, remaining, finished, answer]() mutable {
               auto confirm = [&target, me, remaining, finished, answer]() mutable {
                 target.deps_.router->SubmitToCore(
                     target.core(), me, [remaining, finished, answer]() mutable {
@@ -1136,11 +1148,11 @@ void EngineShard::AppendGroupEvent(std::string user, std::string conv,
                                    bool leave, int64_t ts, absl::AnyInvocable<void()> confirm) {
   auto shared_confirm = std::make_shared<absl::AnyInvocable<void()>>(std::move(confirm));
   auto retry = [this, user, conv, event, join_seq, leave, ts, shared_confirm] {
-    deps_.reactor->RunAfter(kRetryMs, [this, user, conv, event, join_seq, leave, ts,
-                                       shared_confirm]() mutable {
-      AppendGroupEvent(std::move(user), std::move(conv), std::move(event), join_seq, leave, ts,
-                       [shared_confirm] { (*shared_confirm)(); });
-    });
+    deps_.reactor->RunAfter(
+        kRetryMs, [this, user, conv, event, join_seq, leave, ts, shared_confirm]() mutable {
+          AppendGroupEvent(std::move(user), std::move(conv), std::move(event), join_seq, leave, ts,
+                           [shared_confirm] { (*shared_confirm)(); });
+        });
   };
   auto loaded = LoadUser(user);
   if (!loaded.ok()) return retry();
@@ -1161,23 +1173,23 @@ void EngineShard::AppendGroupEvent(std::string user, std::string conv,
     batch.DeleteUserConv(user, conv);
   }
   ++u.pending;
-  deps_.writer->OnCommit([this, user, inbox, event, shared_confirm,
-                          retry](const absl::Status& status) mutable {
-    auto it = users_.find(user);
-    if (it == users_.end()) return;
-    UserState& u = *it->second;
-    --u.pending;
-    if (!status.ok()) {
-      u.inbox_assigned = u.inbox_durable;
-      u.convs.clear();
-      retry();
-      return;
-    }
-    u.inbox_durable = std::max(u.inbox_durable, inbox);
-    for (Device* d : u.devices) d->DeliverStoredEvent(inbox, *event);
-    (*shared_confirm)();
-    MaybeEvict(user);
-  });
+  deps_.writer->OnCommit(
+      [this, user, inbox, event, shared_confirm, retry](const absl::Status& status) mutable {
+        auto it = users_.find(user);
+        if (it == users_.end()) return;
+        UserState& u = *it->second;
+        --u.pending;
+        if (!status.ok()) {
+          u.inbox_assigned = u.inbox_durable;
+          u.convs.clear();
+          retry();
+          return;
+        }
+        u.inbox_durable = std::max(u.inbox_durable, inbox);
+        for (Device* d : u.devices) d->DeliverStoredEvent(inbox, *event);
+        (*shared_confirm)();
+        MaybeEvict(user);
+      });
 }
 
 absl::Status EngineShard::Groups(const std::string& user, int64_t id, std::string* out) {

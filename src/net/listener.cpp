@@ -30,8 +30,8 @@ absl::StatusOr<int> OpenListener(const std::string& host, uint16_t port, bool re
     v6->sin6_port = htons(port);
     addr_len = sizeof(sockaddr_in6);
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("listen host '", host,
-                                                   "' is not an IP address or localhost"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen host '", host, "' is not an IP address or localhost"));
   }
   int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));

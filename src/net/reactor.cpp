@@ -27,11 +27,19 @@ constexpr int64_t kAcceptRetryMs = 100;
 
 // ---- ConnectionHandler / Connection ----
 
-void ConnectionHandler::OnShutdown(Connection& conn) { conn.CloseAfterFlush(); }
+void ConnectionHandler::OnShutdown(Connection& conn) {
+  conn.CloseAfterFlush();
+}
 
-void Connection::Flush() { reactor_->MarkDirty(this); }
-void Connection::CloseAfterFlush() { reactor_->RequestClose(this, /*abort=*/false); }
-void Connection::Abort() { reactor_->RequestClose(this, /*abort=*/true); }
+void Connection::Flush() {
+  reactor_->MarkDirty(this);
+}
+void Connection::CloseAfterFlush() {
+  reactor_->RequestClose(this, /*abort=*/false);
+}
+void Connection::Abort() {
+  reactor_->RequestClose(this, /*abort=*/true);
+}
 
 void Connection::SetHandler(std::unique_ptr<ConnectionHandler> handler) {
   retired_handler_ = std::move(handler_);
@@ -99,8 +107,8 @@ absl::Status Reactor::Init() {
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t ring_bytes = (count * sizeof(io_uring_buf) + page - 1) / page * page;
   buf_region_bytes_ = ring_bytes + static_cast<size_t>(count) * options_.recv_buffer_size;
-  void* mem = mmap(nullptr, buf_region_bytes_, PROT_READ | PROT_WRITE,
-                   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  void* mem =
+      mmap(nullptr, buf_region_bytes_, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (mem == MAP_FAILED) return absl::ResourceExhaustedError("mmap of receive buffers failed");
   buf_ring_ = static_cast<io_uring_buf_ring*>(mem);
   buf_base_ = static_cast<char*>(mem) + ring_bytes;

@@ -10,9 +10,9 @@
 #include "parley/proto/frames.h"
 #include "parley/proto/request.h"
 #include "parley/util/clock.h"
-#include "parley/util/strings.h"
 #include "parley/util/ids.h"
 #include "parley/util/json_writer.h"
+#include "parley/util/strings.h"
 
 namespace parley::server {
 
@@ -28,7 +28,8 @@ struct Identity {
 
 class ChatEndpoint final : public WsEndpoint, public chat::Device {
  public:
-  explicit ChatEndpoint(CoreContext& ctx) : ctx_(ctx), self_(std::make_shared<ChatEndpoint*>(this)) {}
+  explicit ChatEndpoint(CoreContext& ctx)
+      : ctx_(ctx), self_(std::make_shared<ChatEndpoint*>(this)) {}
   ~ChatEndpoint() override { *self_ = nullptr; }
 
   // ---- chat::Device ----
@@ -63,8 +64,8 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     proto::DecodeLimits limits;
     limits.max_body_bytes = ctx_.config->limits.max_body_bytes;
     limits.max_meta_bytes = ctx_.config->limits.max_meta_bytes;
-    limits.max_users_per_request = std::max<uint32_t>(ctx_.config->limits.max_watch,
-                                                      ctx_.config->limits.max_group_size);
+    limits.max_users_per_request =
+        std::max<uint32_t>(ctx_.config->limits.max_watch, ctx_.config->limits.max_group_size);
     if (!proto::DecodeRequest(ctx_.json_parser, padded, limits, &req, &err)) {
       SendError(err.id, err.code, err.message);
       // A request with a known op before authentication (a hello with invalid fields, or any
@@ -115,7 +116,8 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     }
     attached_ = true;
     if (id_.expires_wall_ms != 0) {
-      ws.SetExpiry(ctx_.reactor->now_ms() + std::max<int64_t>(0, id_.expires_wall_ms - WallMillis()));
+      ws.SetExpiry(ctx_.reactor->now_ms() +
+                   std::max<int64_t>(0, id_.expires_wall_ms - WallMillis()));
     }
     if (id_.hello_id < 0) return;
     std::string out;
@@ -154,7 +156,8 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
       auth::VerifyResult v = auth::VerifyHs256(req.token, auth.jwt_secret, WallMillis() / 1000);
       if (!v.ok) {
         const bool expired = v.error == auth::TokenError::kExpired;
-        SendError(req.id, v.error == auth::TokenError::kMalformed ? "bad_request" : "unauthenticated",
+        SendError(req.id,
+                  v.error == auth::TokenError::kMalformed ? "bad_request" : "unauthenticated",
                   v.message);
         ws.Close(expired ? 4003 : 4001, expired ? "token expired" : "not authenticated");
         return;
@@ -231,18 +234,17 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
         args.cmid = req.cmid;
         args.body = req.body;
         args.meta_json = req.meta_json;
-        engine.Send(std::move(args), ctx_.core,
-                    [self = self_, id = req.id](chat::SendResult r) {
-                      ChatEndpoint* ep = *self;
-                      if (ep == nullptr) return;
-                      if (!r.status.ok()) {
-                        return ep->SendError(id, chat::ProtocolCode(r.status), ToStd(r.status.message()));
-                      }
-                      if (id < 0 || ep->ws_ == nullptr) return;
-                      ep->Scratch().clear();
-                      proto::AppendSendOk(&ep->Scratch(), id, r.conv, r.seq, r.ts, r.dup);
-                      ep->ws_->SendText(ep->Scratch());
-                    });
+        engine.Send(std::move(args), ctx_.core, [self = self_, id = req.id](chat::SendResult r) {
+          ChatEndpoint* ep = *self;
+          if (ep == nullptr) return;
+          if (!r.status.ok()) {
+            return ep->SendError(id, chat::ProtocolCode(r.status), ToStd(r.status.message()));
+          }
+          if (id < 0 || ep->ws_ == nullptr) return;
+          ep->Scratch().clear();
+          proto::AppendSendOk(&ep->Scratch(), id, r.conv, r.seq, r.ts, r.dup);
+          ep->ws_->SendText(ep->Scratch());
+        });
         return;
       }
       case proto::Op::kAck: {
@@ -291,8 +293,8 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
       case proto::Op::kWatch: {
         std::vector<std::string> users(req.users.begin(), req.users.end());
         engine.Watch(*this, std::move(users),
-                     [self = self_, id = req.id](
-                         absl::StatusOr<std::vector<chat::EngineShard::PresenceInfo>> r) {
+                     [self = self_,
+                      id = req.id](absl::StatusOr<std::vector<chat::EngineShard::PresenceInfo>> r) {
                        ChatEndpoint* ep = *self;
                        if (ep == nullptr) return;
                        if (!r.ok()) return ep->SendStatus(id, r.status());
@@ -354,7 +356,9 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
                            AppendJsonString(&members, r.members[i]);
                          }
                          members.push_back(']');
-                         w.Str("group", r.group).Str("name", r.name).Str("owner", r.owner)
+                         w.Str("group", r.group)
+                             .Str("name", r.name)
+                             .Str("owner", r.owner)
                              .Raw("members", members);
                        }
                        w.Close();

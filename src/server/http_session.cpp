@@ -6,13 +6,13 @@
 #include "absl/strings/match.h"
 #include "parley/chat/errors.h"
 #include "parley/http/response.h"
-#include "parley/util/strings.h"
 #include "parley/proto/frames.h"
 #include "parley/proto/request.h"
-#include "parley/util/ids.h"
-#include "parley/util/json_writer.h"
 #include "parley/server/echo_endpoint.h"
 #include "parley/server/web_assets.h"
+#include "parley/util/ids.h"
+#include "parley/util/json_writer.h"
+#include "parley/util/strings.h"
 #include "parley/ws/handshake.h"
 
 namespace parley::server {
@@ -25,16 +25,15 @@ constexpr std::string_view kText = "text/plain; charset=utf-8";
 }  // namespace
 
 HttpSession::HttpSession(CoreContext& ctx, const HttpRoutes& routes, net::Connection& conn)
-    : ctx_(ctx),
-      routes_(routes),
-      conn_(conn),
-      parser_(ctx.config->limits.max_header_bytes) {
+    : ctx_(ctx), routes_(routes), conn_(conn), parser_(ctx.config->limits.max_header_bytes) {
   ctx_.metrics->Add(ctx_.metrics->connections, 1);
   conn_.SetDeadline(ctx_.reactor->now_ms() + ctx_.config->limits.handshake_timeout_ms);
 }
 
 HttpSession::~HttpSession() {
-  *alive_ = false; ctx_.metrics->Add(ctx_.metrics->connections, -1); }
+  *alive_ = false;
+  ctx_.metrics->Add(ctx_.metrics->connections, -1);
+}
 
 size_t HttpSession::OnData(net::Connection& conn, std::span<char> data) {
   size_t used = 0;
@@ -118,13 +117,20 @@ namespace {
 int HttpStatusFor(const absl::Status& st) {
   switch (st.code()) {
     case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kOutOfRange: return 400;
-    case absl::StatusCode::kPermissionDenied: return 403;
-    case absl::StatusCode::kNotFound: return 404;
-    case absl::StatusCode::kAlreadyExists: return 409;
-    case absl::StatusCode::kResourceExhausted: return 429;
-    case absl::StatusCode::kUnavailable: return 503;
-    default: return 500;
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kAlreadyExists:
+      return 409;
+    case absl::StatusCode::kResourceExhausted:
+      return 429;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    default:
+      return 500;
   }
 }
 
@@ -142,11 +148,11 @@ void HttpSession::AdminSend(const http::Request& req, std::string_view body) {
   std::string_view auth = req.Find("Authorization");
   constexpr std::string_view kBearer = "Bearer ";
   const bool authorized =
-      !token.empty() && auth.starts_with(kBearer) &&
-      auth.size() - kBearer.size() == token.size() &&
+      !token.empty() && auth.starts_with(kBearer) && auth.size() - kBearer.size() == token.size() &&
       CRYPTO_memcmp(auth.data() + kBearer.size(), token.data(), token.size()) == 0;
   if (!authorized) {
-    return Respond(401, kJson, ErrorBody("unauthenticated", "a valid admin bearer token is required"),
+    return Respond(401, kJson,
+                   ErrorBody("unauthenticated", "a valid admin bearer token is required"),
                    "WWW-Authenticate: Bearer\r\n");
   }
   // The body is a send request without "op" plus "from": decode it with the protocol's own
@@ -193,8 +199,13 @@ void HttpSession::AdminSend(const http::Request& req, std::string_view body) {
                      ErrorBody(chat::ProtocolCode(r.status), ToStd(r.status.message())));
     }
     std::string out;
-    JsonObjectWriter(&out).Str("op", "ok").Str("conv", r.conv).Int("seq", r.seq).Int("ts", r.ts)
-        .Bool("dup", r.dup).Close();
+    JsonObjectWriter(&out)
+        .Str("op", "ok")
+        .Str("conv", r.conv)
+        .Int("seq", r.seq)
+        .Int("ts", r.ts)
+        .Bool("dup", r.dup)
+        .Close();
     Respond(200, kJson, out);
   });
 }

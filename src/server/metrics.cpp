@@ -18,23 +18,30 @@ void Family(std::string* out, const std::vector<CoreMetrics*>& cores, const char
 
 std::string RenderMetrics(const std::vector<CoreMetrics*>& cores) {
   std::string out;
-  Family(&out, cores, "parley_connections", "gauge", "Open TCP connections.",
-         [](CoreMetrics& m) -> auto& { return m.connections; });
-  Family(&out, cores, "parley_websockets", "gauge", "Open WebSocket sessions.",
-         [](CoreMetrics& m) -> auto& { return m.websockets; });
-  Family(&out, cores, "parley_http_requests_total", "counter", "HTTP requests parsed.",
-         [](CoreMetrics& m) -> auto& { return m.http_requests; });
-  Family(&out, cores, "parley_ws_messages_received_total", "counter",
-         "WebSocket data messages received.",
-         [](CoreMetrics& m) -> auto& { return m.ws_messages_in; });
-  Family(&out, cores, "parley_ws_messages_sent_total", "counter", "WebSocket data messages sent.",
-         [](CoreMetrics& m) -> auto& { return m.ws_messages_out; });
-  Family(&out, cores, "parley_ws_protocol_errors_total", "counter",
-         "WebSocket connections failed for a protocol violation.",
-         [](CoreMetrics& m) -> auto& { return m.ws_protocol_errors; });
-  Family(&out, cores, "parley_slow_consumer_closes_total", "counter",
-         "Connections closed with 4008 for too much unsent data.",
-         [](CoreMetrics& m) -> auto& { return m.slow_consumer_closes; });
+  Family(
+      &out, cores, "parley_connections", "gauge", "Open TCP connections.",
+      [](CoreMetrics & m) -> auto& { return m.connections; });
+  Family(
+      &out, cores, "parley_websockets", "gauge", "Open WebSocket sessions.",
+      [](CoreMetrics & m) -> auto& { return m.websockets; });
+  Family(
+      &out, cores, "parley_http_requests_total", "counter", "HTTP requests parsed.",
+      [](CoreMetrics & m) -> auto& { return m.http_requests; });
+  Family(
+      &out, cores, "parley_ws_messages_received_total", "counter",
+      "WebSocket data messages received.",
+      [](CoreMetrics & m) -> auto& { return m.ws_messages_in; });
+  Family(
+      &out, cores, "parley_ws_messages_sent_total", "counter", "WebSocket data messages sent.",
+      [](CoreMetrics & m) -> auto& { return m.ws_messages_out; });
+  Family(
+      &out, cores, "parley_ws_protocol_errors_total", "counter",
+      "WebSocket connections failed for a protocol violation.",
+      [](CoreMetrics & m) -> auto& { return m.ws_protocol_errors; });
+  Family(
+      &out, cores, "parley_slow_consumer_closes_total", "counter",
+      "Connections closed with 4008 for too much unsent data.",
+      [](CoreMetrics & m) -> auto& { return m.slow_consumer_closes; });
   return out;
 }
 

@@ -60,8 +60,8 @@ absl::Status Server::Start() {
   std::error_code ec;
   std::filesystem::create_directories(config_.storage.data_dir, ec);
   if (ec) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot create data directory ", config_.storage.data_dir, ": ", ec.message()));
+    return absl::UnavailableError(absl::StrCat("cannot create data directory ",
+                                               config_.storage.data_dir, ": ", ec.message()));
   }
   store::StoreOptions store_options;
   store_options.data_dir = config_.storage.data_dir;

@@ -10,13 +10,12 @@ void WsEndpoint::OnBinary(WsSession& ws, std::string_view) {
   ws.Close(ws::close_code::kUnsupportedData, "binary messages are not supported");
 }
 
-WsSession::WsSession(CoreContext& ctx, net::Connection& conn,
-                     std::unique_ptr<WsEndpoint> endpoint)
+WsSession::WsSession(CoreContext& ctx, net::Connection& conn, std::unique_ptr<WsEndpoint> endpoint)
     : WsSession(ctx, conn, std::move(endpoint),
                 ws::FrameDecoder(ctx.config->limits.max_message_bytes)) {}
 
-WsSession::WsSession(CoreContext& ctx, net::Connection& conn,
-                     std::unique_ptr<WsEndpoint> endpoint, ws::FrameDecoder decoder)
+WsSession::WsSession(CoreContext& ctx, net::Connection& conn, std::unique_ptr<WsEndpoint> endpoint,
+                     ws::FrameDecoder decoder)
     : ctx_(ctx), conn_(conn), endpoint_(std::move(endpoint)), decoder_(std::move(decoder)) {
   last_rx_ms_ = last_ping_ms_ = ctx_.reactor->now_ms();
   ctx_.metrics->Add(ctx_.metrics->websockets, 1);
@@ -46,15 +45,16 @@ void WsSession::StartMigration() {
   auto carry = [target, mesh, from, decoder = std::move(decoder_),
                 adopt = std::move(migrate_adopt_)](net::DetachedSocket socket) mutable {
     // The explicit hop: the socket and its session state move to the owner core.
-    mesh->SubmitTo(from, target->core, [target, socket = std::move(socket),
-                                        decoder = std::move(decoder),
-                                        adopt = std::move(adopt)]() mutable {
-      target->reactor->Adopt(std::move(socket), [&](net::Connection& conn) {
-        auto ws = std::make_unique<WsSession>(*target, conn, nullptr, std::move(decoder));
-        ws->endpoint_ = adopt(*target, *ws);
-        return ws;
-      });
-    });
+    mesh->SubmitTo(from, target->core,
+                   [target, socket = std::move(socket), decoder = std::move(decoder),
+                    adopt = std::move(adopt)]() mutable {
+                     target->reactor->Adopt(std::move(socket), [&](net::Connection& conn) {
+                       auto ws =
+                           std::make_unique<WsSession>(*target, conn, nullptr, std::move(decoder));
+                       ws->endpoint_ = adopt(*target, *ws);
+                       return ws;
+                     });
+                   });
   };
   ctx_.reactor->Detach(&conn_, std::move(carry));
 }
@@ -90,7 +90,9 @@ bool WsSession::OnPing(std::string_view payload) {
   return !closing();
 }
 
-bool WsSession::OnPong(std::string_view) { return !closing(); }
+bool WsSession::OnPong(std::string_view) {
+  return !closing();
+}
 
 void WsSession::NotifyClosing() {
   if (closing_notified_) return;
@@ -175,7 +177,9 @@ void WsSession::OnDeadline(net::Connection&, int64_t now_ms) {
   ArmHeartbeat();
 }
 
-void WsSession::OnShutdown(net::Connection&) { Close(ws::close_code::kGoingAway, "server shutting down"); }
+void WsSession::OnShutdown(net::Connection&) {
+  Close(ws::close_code::kGoingAway, "server shutting down");
+}
 
 void WsSession::OnClosed(net::Connection&) {
   NotifyClosing();

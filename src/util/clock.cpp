@@ -12,7 +12,11 @@ int64_t ReadMillis(clockid_t id) {
 }
 }  // namespace
 
-int64_t WallMillis() { return ReadMillis(CLOCK_REALTIME); }
-int64_t MonoMillis() { return ReadMillis(CLOCK_MONOTONIC); }
+int64_t WallMillis() {
+  return ReadMillis(CLOCK_REALTIME);
+}
+int64_t MonoMillis() {
+  return ReadMillis(CLOCK_MONOTONIC);
+}
 
 }  // namespace parley

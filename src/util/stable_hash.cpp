@@ -4,6 +4,8 @@
 
 namespace parley {
 
-uint64_t StableHash(std::string_view key) { return XXH3_64bits(key.data(), key.size()); }
+uint64_t StableHash(std::string_view key) {
+  return XXH3_64bits(key.data(), key.size());
+}
 
 }  // namespace parley

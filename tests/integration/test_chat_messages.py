@@ -906,7 +906,10 @@ class RestartTest(MessagingTestCase):
             await cl.close()
         self._clients.clear()
 
-        await self.restart_server()  # SIGTERM -> exit 0, then start on the same data dir
+        # SIGTERM -> exit 0, then start on the same data dir with another core count: the
+        # logical shards land on other cores, and everything must still be found.
+        self.server.threads = 3
+        await self.restart_server()
 
         a = await self.client(user="alice", device="phone")
         b = await self.client(user="bob", device="phone")
@@ -942,6 +945,22 @@ class RestartTest(MessagingTestCase):
         self.assertEqual([(x["conv"], x["last_seq"]) for x in convs][:2],
                          [("d:alice:carol", 2), ("d:alice:bob", 11)])
         self.assertEqual({x["conv"]: x["read_seq"] for x in convs}["d:alice:bob"], 7)
+
+        # Once more with a single core.
+        hist = {conv: (await a.ok("history", conv=conv))["msgs"]
+                for conv in ["d:alice:bob", "d:alice:carol", "d:alice:alice"]}
+        inbox = (await a.ok("sync", since=0))["events"]
+        for cl in (a, b, c):
+            await cl.close()
+        self._clients.clear()
+        self.server.threads = 1
+        await self.restart_server()
+        a = await self.client(user="alice", device="phone")
+        self.assertEqual((await a.ok("sync", since=0))["events"], inbox)
+        for conv, msgs in hist.items():
+            self.assertEqual((await a.ok("history", conv=conv))["msgs"], msgs, conv)
+        ok = await self.send_ok(a, "p-one-core", to="bob")
+        self.assertEqual((ok["seq"], ok["dup"]), (12, False))
 
 
 class MultiDeviceTest(MessagingTestCase):

@@ -69,7 +69,7 @@ class Device {
 
 struct SendArgs {
   std::string from;
-  std::string to;     // exactly one of to / group
+  std::string to;  // exactly one of to / group
   std::string group;
   std::string cmid;
   std::string body;
@@ -119,8 +119,8 @@ class EngineShard {
   // Appends the `sync` answer for `device` (since < 0: from its cursor) to *out.
   absl::Status Sync(Device& device, int64_t id, int64_t since, int64_t limit, std::string* out,
                     int64_t* last_returned);
-  absl::Status History(const std::string& user, int64_t id, std::string_view conv,
-                       int64_t before, int64_t limit, std::string* out);
+  absl::Status History(const std::string& user, int64_t id, std::string_view conv, int64_t before,
+                       int64_t limit, std::string* out);
   void Read(Device& device, std::string_view conv, int64_t seq,
             absl::AnyInvocable<void(absl::Status)> done);
   absl::Status Convs(const std::string& user, int64_t id, int64_t limit, std::string* out);
@@ -143,8 +143,8 @@ class EngineShard {
   // ---- Groups (run on the group's owner; answers come back to `reply_core`) ----
   struct GroupOp {
     enum Kind { kCreate, kAdd, kRemove, kLeave, kInfo } kind = kInfo;
-    std::string by;      // the requesting user
-    std::string group;   // empty for kCreate: the server picks one
+    std::string by;     // the requesting user
+    std::string group;  // empty for kCreate: the server picks one
     std::string name;
     std::vector<std::string> users;
   };
@@ -189,11 +189,11 @@ class EngineShard {
     int pending = 0;  // commits in flight that refer to this state
   };
   struct ConvState {
-    int64_t last_seq = 0;      // assigned
-    int64_t durable_seq = 0;   // committed
+    int64_t last_seq = 0;     // assigned
+    int64_t durable_seq = 0;  // committed
     int64_t last_ts = 0;
-    bool marker = false;       // fan-out marker present (or being written)
-    int64_t fanned_out = 0;    // seq up to which every member has confirmed
+    bool marker = false;     // fan-out marker present (or being written)
+    int64_t fanned_out = 0;  // seq up to which every member has confirmed
     absl::flat_hash_map<std::string, int64_t> confirmed;  // member -> seq confirmed
   };
   struct PendingCmid {
@@ -202,8 +202,8 @@ class EngineShard {
 
   // Steps of the send pipeline, each on its owner core.
   void SendOnSenderCore(SendArgs args, int reply_core, Reply<SendResult> reply);
-  void Sequence(std::shared_ptr<SendArgs> args, std::string conv,
-                std::vector<std::string> members, int origin_core);
+  void Sequence(std::shared_ptr<SendArgs> args, std::string conv, std::vector<std::string> members,
+                int origin_core);
   void SequenceDone(const std::string& from, const std::string& cmid, SendResult result);
   void AppendInbox(std::string user, MessagePtr msg);
   void FanoutConfirmed(const std::string& conv, const std::string& member, int64_t seq);
@@ -243,15 +243,16 @@ class EngineShard {
   void GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> reply);
   // Member's owner: one group event into the user's inbox, joining (join_seq >= 0: the
   // conversation record starts there) or leaving (the record goes) the group's conversation.
-  void AppendGroupEvent(std::string user, std::string conv, std::shared_ptr<const std::string> event,
-                        int64_t join_seq, bool leave, int64_t ts, absl::AnyInvocable<void()> confirm);
+  void AppendGroupEvent(std::string user, std::string conv,
+                        std::shared_ptr<const std::string> event, int64_t join_seq, bool leave,
+                        int64_t ts, absl::AnyInvocable<void()> confirm);
   absl::flat_hash_map<std::string, std::optional<store::GroupRecord>> groups_;
   uint64_t group_id_state_ = 0;
 
   Deps deps_;
   absl::flat_hash_map<std::string, Presence> presence_;
   absl::flat_hash_map<std::string, uint64_t> watch_cores_;  // owned user -> cores watching it
-  absl::flat_hash_map<std::string, std::vector<uint64_t>> local_watchers_;  // user -> sessions
+  absl::flat_hash_map<std::string, std::vector<uint64_t>> local_watchers_;    // user -> sessions
   absl::flat_hash_map<uint64_t, absl::flat_hash_set<std::string>> watching_;  // session -> users
   absl::flat_hash_map<uint64_t, Device*> devices_by_session_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<PendingWatch>> pending_watches_;

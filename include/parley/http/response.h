@@ -13,7 +13,6 @@ std::string_view ReasonPhrase(int status);
 // "Name: value\r\n" lines, inserted verbatim. When keep_alive is false, adds
 // "Connection: close".
 void AppendResponse(std::string* out, int status, std::string_view content_type,
-                    std::string_view body, bool keep_alive,
-                    std::string_view extra_headers = {});
+                    std::string_view body, bool keep_alive, std::string_view extra_headers = {});
 
 }  // namespace parley::http

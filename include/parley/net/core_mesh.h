@@ -42,7 +42,9 @@ class CoreMesh {
   size_t Drain(int core, bool* more);
 
   // Total tasks that found their queue full (metrics).
-  uint64_t overflowed(int from) const { return overflow_count_[from].load(std::memory_order_relaxed); }
+  uint64_t overflowed(int from) const {
+    return overflow_count_[from].load(std::memory_order_relaxed);
+  }
   size_t QueueDepth(int from, int to) const { return Queue(from, to).SizeApprox(); }
 
  private:

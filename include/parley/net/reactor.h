@@ -103,20 +103,20 @@ class Connection {
   uint64_t id_;
   std::unique_ptr<ConnectionHandler> handler_;
   std::unique_ptr<ConnectionHandler> retired_handler_;
-  std::string in_;           // unconsumed input (partial frame), usually empty
-  std::string out_;          // written, not yet sent
-  std::string inflight_;     // handed to the kernel
+  std::string in_;        // unconsumed input (partial frame), usually empty
+  std::string out_;       // written, not yet sent
+  std::string inflight_;  // handed to the kernel
   size_t inflight_sent_ = 0;
   int64_t deadline_ms_ = 0;
-  int64_t wheel_due_ = 0;    // due time of this connection's live timer-wheel entry, 0 if none
-  uint32_t slot_ = 0;        // index in the reactor's connection table
+  int64_t wheel_due_ = 0;  // due time of this connection's live timer-wheel entry, 0 if none
+  uint32_t slot_ = 0;      // index in the reactor's connection table
   uint32_t ops_in_flight_ = 0;
   bool recv_armed_ = false;
   bool send_in_flight_ = false;
   bool dirty_ = false;
-  bool closing_ = false;     // no more reads; close once output is sent
-  bool closed_ = false;      // fd closed / peer gone; waiting for ops to finish
-  bool detaching_ = false;   // being handed to another core (Reactor::Detach)
+  bool closing_ = false;    // no more reads; close once output is sent
+  bool closed_ = false;     // fd closed / peer gone; waiting for ops to finish
+  bool detaching_ = false;  // being handed to another core (Reactor::Detach)
   bool in_callback_ = false;
 };
 
@@ -130,8 +130,8 @@ struct ReactorOptions {
 
 // Probed kernel features, reported at start-up.
 struct ReactorFeatures {
-  bool msg_ring = false;        // IORING_OP_MSG_RING for cross-core wake-ups
-  bool defer_taskrun = false;   // IORING_SETUP_DEFER_TASKRUN | SINGLE_ISSUER
+  bool msg_ring = false;       // IORING_OP_MSG_RING for cross-core wake-ups
+  bool defer_taskrun = false;  // IORING_SETUP_DEFER_TASKRUN | SINGLE_ISSUER
   bool multishot_accept = true;
 };
 

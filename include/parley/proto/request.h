@@ -25,19 +25,35 @@
 // (e.g. before a cross-core hop).
 #pragma once
 
+#include <simdjson.h>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
 
 #include "absl/container/inlined_vector.h"
-#include <simdjson.h>
 
 namespace parley::proto {
 
 enum class Op : uint8_t {
-  kHello, kPing, kSend, kAck, kSync, kHistory, kRead, kConvs, kTyping,
-  kPresence, kWatch, kUnwatch,
-  kGroupCreate, kGroupAdd, kGroupRemove, kGroupLeave, kGroupInfo, kGroups,
+  kHello,
+  kPing,
+  kSend,
+  kAck,
+  kSync,
+  kHistory,
+  kRead,
+  kConvs,
+  kTyping,
+  kPresence,
+  kWatch,
+  kUnwatch,
+  kGroupCreate,
+  kGroupAdd,
+  kGroupRemove,
+  kGroupLeave,
+  kGroupInfo,
+  kGroups,
 };
 
 std::string_view OpName(Op op);
@@ -66,11 +82,11 @@ struct Request {
   std::string_view meta_json;  // send: the raw JSON object text of "meta", or empty
 
   // ack: inbox; sync: since/limit; history: conv/before/limit; read: conv/seq; convs: limit
-  int64_t inbox = -1;   // ack
-  int64_t since = -1;   // sync; -1 = from the device's last ack
-  int64_t limit = -1;   // already clamped to the op's maximum; -1 = op default
-  int64_t before = -1;  // history; -1 = newest
-  int64_t seq = -1;     // read
+  int64_t inbox = -1;     // ack
+  int64_t since = -1;     // sync; -1 = from the device's last ack
+  int64_t limit = -1;     // already clamped to the op's maximum; -1 = op default
+  int64_t before = -1;    // history; -1 = newest
+  int64_t seq = -1;       // read
   std::string_view conv;  // history, read: canonical "d:a:b" (a <= b) or "g:group"
 
   // presence

@@ -2,11 +2,11 @@
 // mesh, and per-core scratch space. One per reactor thread; never shared between cores.
 #pragma once
 
+#include <simdjson.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <simdjson.h>
 
 #include "parley/chat/engine_shard.h"
 #include "parley/chat/router.h"

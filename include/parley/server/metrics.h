@@ -10,8 +10,8 @@
 namespace parley::server {
 
 struct CoreMetrics {
-  std::atomic<int64_t> connections{0};          // open TCP connections
-  std::atomic<int64_t> websockets{0};           // open WebSocket sessions
+  std::atomic<int64_t> connections{0};  // open TCP connections
+  std::atomic<int64_t> websockets{0};   // open WebSocket sessions
   std::atomic<uint64_t> http_requests{0};
   std::atomic<uint64_t> ws_messages_in{0};
   std::atomic<uint64_t> ws_messages_out{0};

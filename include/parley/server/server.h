@@ -14,13 +14,13 @@
 #include "parley/chat/engine_shard.h"
 #include "parley/chat/router.h"
 #include "parley/config/config.h"
-#include "parley/store/shard_writer.h"
-#include "parley/store/store.h"
 #include "parley/net/core_mesh.h"
 #include "parley/net/reactor.h"
 #include "parley/server/core_context.h"
 #include "parley/server/http_session.h"
 #include "parley/server/metrics.h"
+#include "parley/store/shard_writer.h"
+#include "parley/store/store.h"
 
 namespace parley::server {
 

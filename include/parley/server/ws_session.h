@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
-
 #include "parley/net/reactor.h"
 #include "parley/server/core_context.h"
 #include "parley/ws/frame_codec.h"

@@ -66,8 +66,8 @@ class ShardWriter {
     std::atomic<uint64_t> bytes{0};
     // Commit latency histogram, microseconds: bucket i counts commits < kBucketsUs[i]
     // (cumulative, as Prometheus "le" buckets; the last bucket counts every commit).
-    static constexpr uint64_t kBucketsUs[] = {100, 250, 500, 1000, 2500, 5000, 10000,
-                                              25000, 50000, 100000, 250000, 1000000};
+    static constexpr uint64_t kBucketsUs[] = {100,   250,   500,   1000,   2500,   5000,
+                                              10000, 25000, 50000, 100000, 250000, 1000000};
     static constexpr size_t kBuckets = sizeof(kBucketsUs) / sizeof(kBucketsUs[0]);
     std::atomic<uint64_t> latency_le[kBuckets + 1] = {};  // last = +Inf
     std::atomic<uint64_t> latency_sum_us{0};

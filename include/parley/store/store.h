@@ -46,10 +46,10 @@ int ShardOf(std::string_view id);
 
 struct StoreOptions {
   std::string data_dir = "./data";
-  bool sync = true;                               // fsync each commit (storage.sync = "fsync")
+  bool sync = true;  // fsync each commit (storage.sync = "fsync")
   uint64_t block_cache_bytes = 128ull << 20;
   uint64_t write_buffer_bytes_total = 256ull << 20;  // all memtables together
-  int64_t dedupe_ttl_ms = 48ll * 3600 * 1000;     // protocol promises >= 24 h
+  int64_t dedupe_ttl_ms = 48ll * 3600 * 1000;        // protocol promises >= 24 h
 };
 
 struct MessageRecord {
@@ -75,9 +75,9 @@ struct DedupeRecord {
 };
 
 struct UserConvRecord {
-  int64_t last_seq = 0;  // newest conversation seq appended to this user's inbox
-  int64_t last_ts = 0;   // its timestamp (conversation activity)
-  int64_t read_seq = 0;  // the user's read position
+  int64_t last_seq = 0;    // newest conversation seq appended to this user's inbox
+  int64_t last_ts = 0;     // its timestamp (conversation activity)
+  int64_t read_seq = 0;    // the user's read position
   int64_t joined_seq = 0;  // for groups: the seq when the user joined (history is full anyway)
 };
 

@@ -13,18 +13,31 @@
 
 namespace parley {
 
-inline std::string_view ToStd(absl::string_view s) { return {s.data(), s.size()}; }
-inline absl::string_view ToAbsl(std::string_view s) { return {s.data(), s.size()}; }
+inline std::string_view ToStd(absl::string_view s) {
+  return {s.data(), s.size()};
+}
+inline absl::string_view ToAbsl(std::string_view s) {
+  return {s.data(), s.size()};
+}
 
 namespace strings_internal {
-inline void AppendOne(std::string* out, std::string_view s) { out->append(s); }
-inline void AppendOne(std::string* out, absl::string_view s) { out->append(s.data(), s.size()); }
-inline void AppendOne(std::string* out, const char* s) { out->append(s); }
-inline void AppendOne(std::string* out, const std::string& s) { out->append(s); }
-inline void AppendOne(std::string* out, char c) { out->push_back(c); }
+inline void AppendOne(std::string* out, std::string_view s) {
+  out->append(s);
+}
+inline void AppendOne(std::string* out, absl::string_view s) {
+  out->append(s.data(), s.size());
+}
+inline void AppendOne(std::string* out, const char* s) {
+  out->append(s);
+}
+inline void AppendOne(std::string* out, const std::string& s) {
+  out->append(s);
+}
+inline void AppendOne(std::string* out, char c) {
+  out->push_back(c);
+}
 template <std::integral T>
-  requires(!std::same_as<T, char> && !std::same_as<T, bool>)
-void AppendOne(std::string* out, T v) {
+requires(!std::same_as<T, char> && !std::same_as<T, bool>) void AppendOne(std::string* out, T v) {
   out->append(std::to_string(v));
 }
 }  // namespace strings_internal

@@ -14,8 +14,8 @@ inline constexpr std::string_view kSubprotocol = "parley.v1";
 std::string AcceptKey(std::string_view sec_websocket_key);
 
 struct UpgradeDecision {
-  int http_status = 0;            // 101 on success, else the error status to answer with
-  std::string_view error_reason;  // for error bodies
+  int http_status = 0;              // 101 on success, else the error status to answer with
+  std::string_view error_reason;    // for error bodies
   bool select_subprotocol = false;  // the client offered parley.v1
 };
 

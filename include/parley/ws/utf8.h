@@ -18,7 +18,10 @@ class Utf8Stream {
   bool Feed(std::string_view chunk);
   // True if everything fed forms complete, valid UTF-8 (no dangling partial sequence).
   bool Finish() const { return ok_ && pending_len_ == 0; }
-  void Reset() { ok_ = true; pending_len_ = 0; }
+  void Reset() {
+    ok_ = true;
+    pending_len_ = 0;
+  }
 
  private:
   bool ok_ = true;
