@@ -18,9 +18,11 @@ Server::~Server() {
   for (auto& t : threads_running_) {
     if (t.joinable()) t.join();
   }
-  // Commit what the writers still hold (their callbacks use the engines, reactors and mesh),
-  // then tear down the engines, before the store closes.
+  // Commit what the writers still hold (their callbacks use the engines, reactors and mesh).
+  // Then the reactors, whose leftover connections still report to their core's context and
+  // metrics, and only then the contexts and engines, before the store closes.
   writers_.clear();
+  reactors_.clear();
   contexts_.clear();
   engines_.clear();
   for (int fd : listen_fds_) {
@@ -186,12 +188,15 @@ void Server::AppendEngineMetrics(std::string* out) {
          [this](E& e, W&) { return mesh_->overflowed(e.core()); });
 
   // Histograms, summed over cores.
-  auto histogram = [&](const char* name, const char* help, const auto& bounds_s, auto bucket,
-                       auto sum_s) {
+  // `bucket(i, b)` is core i's count for bucket b: either per bucket (the engines count each
+  // sample once) or already cumulative as Prometheus wants it (the writers), per `cumulative_in`.
+  auto histogram = [&](const char* name, const char* help, const auto& bounds_s, bool cumulative_in,
+                       auto bucket, auto sum_s) {
     absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " histogram\n");
     uint64_t cumulative = 0;
     const size_t n = sizeof(bounds_s) / sizeof(bounds_s[0]);
     for (size_t b = 0; b <= n; ++b) {
+      if (cumulative_in) cumulative = 0;
       for (size_t i = 0; i < engines_.size(); ++i) cumulative += bucket(i, b);
       absl::StrAppend(out, name, "_bucket{le=\"", b < n ? absl::StrCat(bounds_s[b]) : "+Inf",
                       "\"} ", cumulative, "\n");
@@ -203,7 +208,7 @@ void Server::AppendEngineMetrics(std::string* out) {
   static constexpr double kSendBounds[] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25};
   histogram(
       "parley_send_commit_seconds", "Time from sequencing a message to its durable commit.",
-      kSendBounds,
+      kSendBounds, /*cumulative_in=*/false,
       [this](size_t i, size_t b) {
         return engines_[i]->stats().send_latency_le[b].load(std::memory_order_relaxed);
       },
@@ -214,7 +219,7 @@ void Server::AppendEngineMetrics(std::string* out) {
   for (size_t b = 0; b < W::Stats::kBuckets; ++b) commit_bounds[b] = W::Stats::kBucketsUs[b] / 1e6;
   histogram(
       "parley_storage_commit_seconds", "Duration of one group commit (write + fsync).",
-      commit_bounds,
+      commit_bounds, /*cumulative_in=*/true,
       [this](size_t i, size_t b) {
         return writers_[i]->stats().latency_le[b].load(std::memory_order_relaxed);
       },

@@ -265,7 +265,7 @@ void AppendClose(std::string* out, uint16_t code, std::string_view reason) {
   char payload[kMaxControlPayload];
   payload[0] = static_cast<char>(code >> 8);
   payload[1] = static_cast<char>(code & 0xFF);
-  std::memcpy(payload + 2, reason.data(), reason.size());
+  if (!reason.empty()) std::memcpy(payload + 2, reason.data(), reason.size());
   AppendFrame(out, Opcode::kClose, std::string_view(payload, 2 + reason.size()));
 }
 
