@@ -38,7 +38,7 @@ int64_t FieldAfter(const std::string& text, const char* key) {
 
 }  // namespace
 
-ProcSample SampleProcess(int pid) {
+ProcSample SampleProcess(int pid, bool count_fds) {
   ProcSample s;
   if (pid <= 0) return s;
   std::string stat, status;
@@ -59,11 +59,14 @@ ProcSample SampleProcess(int pid) {
   s.cpu_us = (utime + stime) * 1'000'000 / (tck > 0 ? tck : 100);
   s.rss_kb = FieldAfter(status, "VmRSS:");
   s.threads = FieldAfter(status, "Threads:");
-  if (DIR* d = opendir((base + "/fd").c_str())) {
-    while (dirent* e = readdir(d)) {
-      if (e->d_name[0] != '.') ++s.fds;
+  if (count_fds) {
+    if (DIR* d = opendir((base + "/fd").c_str())) {
+      s.fds = 0;
+      while (dirent* e = readdir(d)) {
+        if (e->d_name[0] != '.') ++s.fds;
+      }
+      closedir(d);
     }
-    closedir(d);
   }
   s.ok = true;
   return s;

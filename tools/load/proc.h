@@ -13,9 +13,11 @@ struct ProcSample {
   int64_t cpu_us = 0;  // utime + stime of all threads, /proc/PID/stat (10 ms ticks)
   int64_t rss_kb = 0;  // VmRSS, /proc/PID/status
   int64_t threads = 0;
-  int64_t fds = 0;  // entries of /proc/PID/fd
+  int64_t fds = -1;  // entries of /proc/PID/fd; -1 = not counted
 };
-ProcSample SampleProcess(int pid);
+// count_fds lists /proc/PID/fd, which makes the kernel allocate an inode and a dentry per
+// descriptor (about 0.9 KiB each): not while kernel memory is being measured.
+ProcSample SampleProcess(int pid, bool count_fds = false);
 
 struct SystemSample {
   int64_t slab_kb = 0;        // /proc/meminfo Slab

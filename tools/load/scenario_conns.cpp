@@ -200,7 +200,7 @@ int RunIdle(const Options& o, JsonLine* j, std::string* text) {
   probe.Begin();
   SleepSeconds(o.duration_s);
   probe.End();
-  ProcSample m3 = SampleProcess(o.server_pid);
+  ProcSample m3 = SampleProcess(o.server_pid, /*count_fds=*/true);  // after the kernel samples
   Sums held = Collect(pool);
   CloseAll(pool);
   WaitFor(30, [&] { return Collect(pool).live == 0; });
@@ -231,7 +231,7 @@ int RunIdle(const Options& o, JsonLine* j, std::string* text) {
         .Int("server_rss_kb_at_10pct", m1.rss_kb)
         .Int("server_rss_kb_open", m2.rss_kb)
         .Int("server_rss_kb_after_hold", m3.rss_kb)
-        .Int("server_fds_open", m2.fds)
+        .Int("server_fds_open", m3.fds)
         .Num("server_rss_bytes_per_conn", per)
         .Num("server_rss_bytes_per_conn_marginal", marginal)
         .Num("server_rss_bytes_per_conn_after_hold", per_held);
@@ -240,7 +240,7 @@ int RunIdle(const Options& o, JsonLine* j, std::string* text) {
         "the hold; %lld fds\n",
         static_cast<long long>(m0.rss_kb), static_cast<long long>(m1.rss_kb),
         static_cast<long long>(m2.rss_kb), static_cast<long long>(m3.rss_kb),
-        static_cast<long long>(m2.fds));
+        static_cast<long long>(m3.fds));
     *text += Format(
         "  server RSS per idle connection: %.0f bytes (total / N), %.0f bytes marginal (10%% -> "
         "100%%), %.0f bytes after the hold\n",
