@@ -150,5 +150,62 @@ class AdminDisabledTest(ServerTestCase):
         await bob.expect_no_event("msg", wait=0.3)
 
 
+def parse_metrics(text):
+    """Prometheus text -> {series: value}; series keeps its labels, e.g. 'x_bucket{le="1"}'."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        out[series] = float(value)
+    return out
+
+
+class MetricsTest(ServerTestCase):
+    SERVER_KW = {"admin_token": ADMIN}
+
+    def metrics(self):
+        status, _, data = self.server.http("GET", "/metrics")
+        self.assertEqual(status, 200)
+        return parse_metrics(data.decode())
+
+    def assert_histogram(self, m, name, at_least):
+        buckets = sorted(((k, v) for k, v in m.items() if k.startswith(name + "_bucket{")),
+                         key=lambda kv: float("inf") if "+Inf" in kv[0]
+                         else float(kv[0].split('"')[1]))
+        self.assertGreater(len(buckets), 2, name)
+        counts = [v for _, v in buckets]
+        # Prometheus buckets are cumulative: never decreasing, and +Inf equals _count.
+        self.assertEqual(counts, sorted(counts), f"{name} buckets decrease: {buckets}")
+        self.assertEqual(counts[-1], m[name + "_count"], name)
+        self.assertGreaterEqual(m[name + "_count"], at_least, name)
+        self.assertGreaterEqual(m[name + "_sum"], 0, name)
+
+    async def test_counts_follow_traffic(self):
+        before = self.metrics()
+        alice = await self.client(user="alice")
+        bob = await self.client(user="bob")
+        n = 20
+        for i in range(n):
+            await alice.ok("send", to="bob", cmid=f"m-{i}", body=f"hello {i}")
+        for _ in range(n):
+            await bob.next_event("msg")
+        m = self.metrics()
+
+        def total(name):  # summed over the per-core series
+            return sum(v for k, v in m.items() if k == name or k.startswith(name + "{"))
+
+        self.assertGreaterEqual(total("parley_websockets"), 2)
+        self.assertGreaterEqual(total("parley_messages_accepted_total")
+                                - sum(v for k, v in before.items()
+                                      if k.startswith("parley_messages_accepted_total")), n)
+        self.assert_histogram(m, "parley_send_commit_seconds", n)
+        # The storage histogram counts each group commit once: the commit counter, give or
+        # take a commit that landed between reading the counter and reading the histogram.
+        self.assert_histogram(m, "parley_storage_commit_seconds", 1)
+        commits = total("parley_storage_commits_total")
+        self.assertGreaterEqual(m["parley_storage_commit_seconds_count"], commits)
+        self.assertLessEqual(m["parley_storage_commit_seconds_count"], commits + 4)
+
 if __name__ == "__main__":
     main()
