@@ -92,6 +92,11 @@ void EngineShard::MaybeEvict(const std::string& user) {
 absl::StatusOr<int64_t> EngineShard::AttachDevice(Device* device) {
   auto u = LoadUser(device->user());
   if (!u.ok()) return u.status();
+  if ((*u)->devices.size() >= deps_.config->limits.max_connections_per_user) {
+    return absl::ResourceExhaustedError(
+        StrCat("user has ", (*u)->devices.size(),
+               " connections online (limits.max_connections_per_user)"));
+  }
   if ((*u)->devices.empty()) stats_.online_users.fetch_add(1, std::memory_order_relaxed);
   (*u)->devices.push_back(device);
   devices_by_session_[device->device_session_id()] = device;

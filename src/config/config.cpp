@@ -90,6 +90,7 @@ constexpr Field kFields[] = {
     PARLEY_FIELD(server, threads, "reactor threads, 0 = one per online CPU (max 256)"),
     PARLEY_FIELD(server, node_name, "name reported in hello, empty = the host name"),
     PARLEY_FIELD(storage, data_dir, "directory of the message store"),
+    PARLEY_FIELD(storage, min_free_bytes, "free disk space below which sends are refused"),
     PARLEY_FIELD(storage, sync, "\"fsync\" (ack after fsync) or \"none\""),
     PARLEY_FIELD(auth, mode, "\"dev\" (hello names the user) or \"jwt\""),
     PARLEY_FIELD(auth, jwt_secret, "HS256 secret, >= 16 bytes (env PARLEY_JWT_SECRET)"),
@@ -107,6 +108,8 @@ constexpr Field kFields[] = {
     PARLEY_FIELD(limits, max_watch, "presence watch list size per connection"),
     PARLEY_FIELD(limits, max_group_size, "members per group"),
     PARLEY_FIELD(limits, max_connections, "connections per process"),
+    PARLEY_FIELD(limits, max_connections_per_ip, "connections per remote address, 0 = no limit"),
+    PARLEY_FIELD(limits, max_connections_per_user, "connections (devices) online per user"),
     PARLEY_FIELD(debug, echo_endpoint, "serve a WebSocket echo at /echo"),
 };
 #undef PARLEY_FIELD
@@ -118,12 +121,12 @@ constexpr std::string_view kSections[] = {"server", "storage", "auth", "limits",
 [[maybe_unused]] void CheckFieldTableCoversConfig(Config& c) {
   [[maybe_unused]] auto& [server, storage, auth, limits, debug] = c;
   [[maybe_unused]] auto& [s1, s2, s3] = c.server;
-  [[maybe_unused]] auto& [st1, st2] = c.storage;
+  [[maybe_unused]] auto& [st1, st2, st3] = c.storage;
   [[maybe_unused]] auto& [a1, a2, a3, a4] = c.auth;
-  [[maybe_unused]] auto& [l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12] = c.limits;
+  [[maybe_unused]] auto& [l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14] = c.limits;
   [[maybe_unused]] auto& [d1] = c.debug;
 }
-static_assert(std::size(kFields) == 3 + 2 + 4 + 12 + 1);
+static_assert(std::size(kFields) == 3 + 3 + 4 + 14 + 1);
 
 std::string DottedName(const Field& f) {
   return Cat(f.section, ".", f.key);
@@ -630,6 +633,7 @@ absl::Status ValidateConfig(const Config& c) {
   positive("max_watch", c.limits.max_watch);
   positive("max_group_size", c.limits.max_group_size);
   positive("max_connections", c.limits.max_connections);
+  positive("max_connections_per_user", c.limits.max_connections_per_user);
   for (auto [name, v] : {std::pair<std::string_view, double>{"rate_per_sec", c.limits.rate_per_sec},
                          {"rate_burst", c.limits.rate_burst}}) {
     if (!std::isfinite(v) || !(v > 0)) {

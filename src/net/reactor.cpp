@@ -1,7 +1,9 @@
 #include "parley/net/reactor.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -14,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "parley/net/core_mesh.h"
 #include "parley/util/clock.h"
+#include "parley/util/strings.h"
 
 namespace parley::net {
 
@@ -70,6 +73,7 @@ Reactor::~Reactor() {
   if (buf_ring_ != nullptr) munmap(buf_ring_, buf_region_bytes_);
   if (event_fd_ >= 0) ::close(event_fd_);
   if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (reserve_fd_ >= 0) ::close(reserve_fd_);
 }
 
 absl::Status Reactor::Init() {
@@ -94,6 +98,7 @@ absl::Status Reactor::Init() {
   }
   if (rc != 0) return absl::InternalError(absl::StrCat("io_uring_queue_init: ", strerror(-rc)));
   ring_ready_ = true;
+  reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
 
   if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
     features_.msg_ring = io_uring_opcode_supported(probe, IORING_OP_MSG_RING);
@@ -358,21 +363,34 @@ void Reactor::OnAccept(int res, uint32_t flags) {
       return;  // re-armed at the top of the loop
     }
     if (res != -ECANCELED && res != -EINVAL) {
-      // EMFILE, ENFILE, ENOBUFS, ENOMEM: leave pending connections in the backlog and retry
-      // shortly instead of spinning.
+      // EMFILE, ENFILE, ENOBUFS, ENOMEM: refuse what waits in the backlog (when out of
+      // descriptors) and retry shortly instead of spinning.
+      if (res == -EMFILE || res == -ENFILE) ShedBacklog();
       accept_armed_ = false;
       accept_retry_at_ = now_ms_ + kAcceptRetryMs;
     }
     return;
   }
   const int fd = res;
-  if (stopping_ || live_connections_ >= options_.max_connections) {
+  if (stopping_) {
     ::close(fd);
     return;
   }
+  if (live_connections_ >= options_.max_connections) {
+    Refuse(fd, "too many connections (limits.max_connections)");
+    return;
+  }
+  const PeerKey peer = ReadPeer(fd);
+  if (options_.max_connections_per_address != 0) {
+    auto it = per_address_.find(peer);
+    if (it != per_address_.end() && it->second >= options_.max_connections_per_address) {
+      Refuse(fd, "too many connections from this address (limits.max_connections_per_ip)");
+      return;
+    }
+  }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  Connection* conn = NewConnection(fd);
+  Connection* conn = NewConnection(fd, peer);
   conn->in_callback_ = true;
   conn->handler_ = accept_factory_(*conn);
   conn->in_callback_ = false;
@@ -380,8 +398,70 @@ void Reactor::OnAccept(int res, uint32_t flags) {
   MaybeFree(conn);
 }
 
-Connection* Reactor::NewConnection(int fd) {
+void Reactor::Refuse(int fd, std::string_view why) {
+  refused_.fetch_add(1, std::memory_order_relaxed);
+  // Best effort and never blocking: whatever the client sent is read first so that the close
+  // sends FIN rather than RST and the client sees the answer.
+  char sink[2048];
+  while (::recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0) {
+  }
+  const std::string answer = StrCat(
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+      "Retry-After: 1\r\nConnection: close\r\nContent-Length: ",
+      why.size() + 1, "\r\n\r\n", why, "\n");
+  [[maybe_unused]] ssize_t sent =
+      ::send(fd, answer.data(), answer.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  ::shutdown(fd, SHUT_WR);
+  ::close(fd);
+}
+
+void Reactor::ShedBacklog() {
+  // Like a full table but worse: the kernel cannot give us a descriptor at all. The reserve
+  // descriptor makes room for one accept at a time; each waiting client gets a 503 instead of
+  // hanging in the backlog until its own timeout.
+  if (reserve_fd_ < 0 || listen_fd_ < 0) return;
+  ::close(reserve_fd_);
+  reserve_fd_ = -1;
+  for (int i = 0; i < 64; ++i) {
+    pollfd pfd{listen_fd_, POLLIN, 0};
+    if (::poll(&pfd, 1, 0) <= 0 || !(pfd.revents & POLLIN)) break;
+    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) break;
+    Refuse(fd, "server out of file descriptors");
+  }
+  reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+PeerKey Reactor::ReadPeer(int fd) {
+  PeerKey key{};
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return key;
+  if (addr.ss_family == AF_INET) {
+    const auto* v4 = reinterpret_cast<const sockaddr_in*>(&addr);
+    key[10] = 0xFF;
+    key[11] = 0xFF;
+    std::memcpy(key.data() + 12, &v4->sin_addr, 4);
+  } else if (addr.ss_family == AF_INET6) {
+    std::memcpy(key.data(), &reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_addr, 16);
+  }
+  return key;
+}
+
+void Reactor::CountPeer(Connection* conn, int delta) {
+  if (delta > 0) {
+    ++per_address_[conn->peer_];
+    return;
+  }
+  auto it = per_address_.find(conn->peer_);
+  if (it == per_address_.end()) return;
+  if (--it->second == 0) per_address_.erase(it);
+}
+
+Connection* Reactor::NewConnection(int fd, const PeerKey& peer) {
   auto* conn = new Connection(this, fd, (static_cast<uint64_t>(core_) << 56) | next_conn_id_++);
+  conn->peer_ = peer;
+  CountPeer(conn, +1);
   if (free_slots_.empty()) {
     conn->slot_ = static_cast<uint32_t>(all_.size());
     all_.push_back(conn);
@@ -418,6 +498,7 @@ void Reactor::FinishDetach(Connection* conn) {
   all_[conn->slot_] = nullptr;
   free_slots_.push_back(conn->slot_);
   --live_connections_;
+  CountPeer(conn, -1);
   delete conn;
   done(std::move(socket));
 }
@@ -427,7 +508,7 @@ void Reactor::Adopt(DetachedSocket socket, const AcceptHandlerFactory& factory) 
     ::close(socket.fd);
     return;
   }
-  Connection* conn = NewConnection(socket.fd);
+  Connection* conn = NewConnection(socket.fd, ReadPeer(socket.fd));
   conn->out_ = std::move(socket.output);
   conn->in_callback_ = true;
   conn->handler_ = factory(*conn);
@@ -650,6 +731,7 @@ void Reactor::CloseNow(Connection* conn) {
   free_slots_.push_back(conn->slot_);
   zombies_.insert(conn);  // until its last completion arrives (MaybeFree)
   --live_connections_;
+  CountPeer(conn, -1);
   const bool was_in_callback = conn->in_callback_;
   conn->in_callback_ = true;
   conn->handler_->OnClosed(*conn);

@@ -110,6 +110,11 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     session_id_ = ws.connection().id();
     auto inbox_seq = ctx_.engine->AttachDevice(this);
     if (!inbox_seq.ok()) {
+      if (absl::IsResourceExhausted(inbox_seq.status())) {
+        SendError(id_.hello_id, "rate_limited", ToStd(inbox_seq.status().message()));
+        ws.Close(1008, "too many connections for this user");
+        return;
+      }
       SendError(id_.hello_id, "unavailable", "storage is unavailable");
       ws.Close(1011, "storage unavailable");
       return;

@@ -68,6 +68,7 @@ absl::Status Server::Start() {
   store::StoreOptions store_options;
   store_options.data_dir = config_.storage.data_dir;
   store_options.sync = config_.storage.sync == "fsync";
+  store_options.min_free_bytes = config_.storage.min_free_bytes;
   auto store = store::Store::Open(store_options);
   if (!store.ok()) return store.status();
   store_ = std::move(*store);
@@ -79,7 +80,12 @@ absl::Status Server::Start() {
   init_status_.resize(threads_);
   for (int i = 0; i < threads_; ++i) {
     net::ReactorOptions options;
-    options.max_connections = config_.limits.max_connections;
+    // Process-wide limits, split evenly between the reactors (no shared counter on the hot path).
+    const auto share = [this](uint32_t limit) {
+      return limit == 0 ? 0u : (limit + static_cast<uint32_t>(threads_) - 1) / threads_;
+    };
+    options.max_connections = share(config_.limits.max_connections);
+    options.max_connections_per_address = share(config_.limits.max_connections_per_ip);
     reactors_.push_back(std::make_unique<net::Reactor>(i, options, mesh_.get()));
     net::Reactor* reactor = reactors_.back().get();
     mesh_->Attach(i, reactor);
@@ -184,6 +190,9 @@ void Server::AppendEngineMetrics(std::string* out) {
          [](E&, W& w) { return w.stats().failures.load(std::memory_order_relaxed); });
   family("parley_storage_bytes_written_total", "counter", "Bytes of batches committed.",
          [](E&, W& w) { return w.stats().bytes.load(std::memory_order_relaxed); });
+  family("parley_connections_refused_total", "counter",
+         "Connections answered 503 and closed (connection limits, out of descriptors).",
+         [this](E& e, W&) { return reactors_[e.core()]->refused_count(); });
   family("parley_mesh_overflow_total", "counter", "Cross-core tasks that found a full queue.",
          [this](E& e, W&) { return mesh_->overflowed(e.core()); });
 

@@ -52,6 +52,9 @@ void WsSession::StartMigration() {
                        auto ws =
                            std::make_unique<WsSession>(*target, conn, nullptr, std::move(decoder));
                        ws->endpoint_ = adopt(*target, *ws);
+                       // `adopt` may have closed the session already (a refused hello) while
+                       // it had no endpoint to tell: tell it now.
+                       if (ws->close_sent_) ws->NotifyClosing();
                        return ws;
                      });
                    });
@@ -95,7 +98,7 @@ bool WsSession::OnPong(std::string_view) {
 }
 
 void WsSession::NotifyClosing() {
-  if (closing_notified_) return;
+  if (closing_notified_ || endpoint_ == nullptr) return;  // no endpoint yet: during adoption
   closing_notified_ = true;
   endpoint_->OnClosing(*this);
 }
@@ -183,7 +186,7 @@ void WsSession::OnShutdown(net::Connection&) {
 
 void WsSession::OnClosed(net::Connection&) {
   NotifyClosing();
-  endpoint_->OnClosed(*this);
+  if (endpoint_ != nullptr) endpoint_->OnClosed(*this);
 }
 
 }  // namespace parley::server

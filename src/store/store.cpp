@@ -10,8 +10,10 @@
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 #include <rocksdb/write_buffer_manager.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -43,7 +45,8 @@ int GroupShard(std::string_view group) {
 absl::Status FromRocks(const rocksdb::Status& s, const std::string& what) {
   if (s.ok()) return absl::OkStatus();
   const std::string msg = absl::StrCat("store: ", what, ": ", s.ToString());
-  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
+  // A full disk is a storage outage to clients ("unavailable"), not a quota of theirs.
+  if (s.IsNoSpace()) return absl::UnavailableError(msg);
   if (s.IsCorruption()) return absl::DataLossError(msg);
   if (s.IsInvalidArgument()) return absl::InvalidArgumentError(msg);
   if (s.IsNotFound()) return absl::NotFoundError(msg);
@@ -441,9 +444,45 @@ absl::Status Store::Write(Batch& batch) {
   if (batch.store_ != this) {
     return absl::InvalidArgumentError("store: batch belongs to another store");
   }
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now().time_since_epoch())
+                             .count();
+  if (options_.min_free_bytes != 0) {
+    // A full disk is refused here, before RocksDB meets ENOSPC: a failed WAL write leaves
+    // RocksDB needing a resume, and some versions abort on the next write to that log.
+    if (now_ms - free_checked_ms_.load(std::memory_order_relaxed) >= 100) {
+      struct statvfs vfs {};
+      if (::statvfs(options_.data_dir.c_str(), &vfs) == 0) {
+        free_bytes_.store(static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize,
+                          std::memory_order_relaxed);
+      }
+      free_checked_ms_.store(now_ms, std::memory_order_relaxed);
+    }
+    const uint64_t free = free_bytes_.load(std::memory_order_relaxed);
+    if (free < options_.min_free_bytes) {
+      return absl::UnavailableError(absl::StrCat("store: ", free,
+                                                 " bytes free on the data volume, below "
+                                                 "storage.min_free_bytes (",
+                                                 options_.min_free_bytes, ")"));
+    }
+  }
+  if (write_failed_.load(std::memory_order_acquire)) {
+    // RocksDB stops writing after a failed write until Resume(). Ask at most every 100 ms: a
+    // Resume on a still-full disk fails quickly, but it flushes memtables when it succeeds.
+    const int64_t now = now_ms;
+    int64_t last = last_resume_ms_.load(std::memory_order_relaxed);
+    if (now - last < 100) return absl::UnavailableError("store: recovering from a failed write");
+    if (last_resume_ms_.compare_exchange_strong(last, now)) {
+      rocksdb::Status resumed = db_->Resume();
+      if (!resumed.ok()) return FromRocks(resumed, "resume after failed write");
+      write_failed_.store(false, std::memory_order_release);
+    }
+  }
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync;
-  return FromRocks(db_->Write(wo, batch.raw()), "write");
+  rocksdb::Status s = db_->Write(wo, batch.raw());
+  if (!s.ok()) write_failed_.store(true, std::memory_order_release);
+  return FromRocks(s, "write");
 }
 
 namespace {

@@ -31,15 +31,17 @@ namespace {
 void CheckSame(const Config& a, const Config& b) {
   [[maybe_unused]] const auto& [s, st, au, li, de] = a;
   [[maybe_unused]] const auto& [s1, s2, s3] = a.server;
-  [[maybe_unused]] const auto& [st1, st2] = a.storage;
+  [[maybe_unused]] const auto& [st1, st2, st3] = a.storage;
   [[maybe_unused]] const auto& [a1, a2, a3, a4] = a.auth;
-  [[maybe_unused]] const auto& [l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12] = a.limits;
+  [[maybe_unused]] const auto& [l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14] =
+      a.limits;
   [[maybe_unused]] const auto& [d1] = a.debug;
   CHECK(a.server.listen == b.server.listen);
   CHECK(a.server.threads == b.server.threads);
   CHECK(a.server.node_name == b.server.node_name);
   CHECK(a.storage.data_dir == b.storage.data_dir);
   CHECK(a.storage.sync == b.storage.sync);
+  CHECK(a.storage.min_free_bytes == b.storage.min_free_bytes);
   CHECK(a.auth.mode == b.auth.mode);
   CHECK(a.auth.jwt_secret == b.auth.jwt_secret);
   CHECK(a.auth.admin_token == b.auth.admin_token);
@@ -56,6 +58,8 @@ void CheckSame(const Config& a, const Config& b) {
   CHECK(a.limits.max_watch == b.limits.max_watch);
   CHECK(a.limits.max_group_size == b.limits.max_group_size);
   CHECK(a.limits.max_connections == b.limits.max_connections);
+  CHECK(a.limits.max_connections_per_ip == b.limits.max_connections_per_ip);
+  CHECK(a.limits.max_connections_per_user == b.limits.max_connections_per_user);
   CHECK(a.debug.echo_endpoint == b.debug.echo_endpoint);
 }
 
@@ -67,6 +71,7 @@ Config Sentinel() {
   c.server.node_name = "node-\"7\"\\x";
   c.storage.data_dir = "/tmp/p d\tx";
   c.storage.sync = "none";
+  c.storage.min_free_bytes = 12345;
   c.auth.mode = "jwt";
   c.auth.jwt_secret = "s3cr3t-#-'quote'-\"dq\"-\x01-caf\xc3\xa9";
   c.auth.admin_token = "adm\nin";
@@ -83,6 +88,8 @@ Config Sentinel() {
   c.limits.max_watch = 4294967295u;
   c.limits.max_group_size = 10;
   c.limits.max_connections = 11;
+  c.limits.max_connections_per_ip = 77;
+  c.limits.max_connections_per_user = 5;
   c.debug.echo_endpoint = true;
   return c;
 }
@@ -189,7 +196,7 @@ TEST_CASE("config: config/parley.toml documents every option at its default", "[
     }
     previous = line;
   }
-  CHECK(keys == 22);
+  CHECK(keys == 25);
 }
 
 TEST_CASE("config: the sentinel differs from the defaults in every field", "[config]") {
@@ -201,6 +208,7 @@ TEST_CASE("config: the sentinel differs from the defaults in every field", "[con
   CHECK(s.server.node_name != d.server.node_name);
   CHECK(s.storage.data_dir != d.storage.data_dir);
   CHECK(s.storage.sync != d.storage.sync);
+  CHECK(s.storage.min_free_bytes != d.storage.min_free_bytes);
   CHECK(s.auth.mode != d.auth.mode);
   CHECK(s.auth.jwt_secret != d.auth.jwt_secret);
   CHECK(s.auth.admin_token != d.auth.admin_token);
@@ -217,6 +225,8 @@ TEST_CASE("config: the sentinel differs from the defaults in every field", "[con
   CHECK(s.limits.max_watch != d.limits.max_watch);
   CHECK(s.limits.max_group_size != d.limits.max_group_size);
   CHECK(s.limits.max_connections != d.limits.max_connections);
+  CHECK(s.limits.max_connections_per_ip != d.limits.max_connections_per_ip);
+  CHECK(s.limits.max_connections_per_user != d.limits.max_connections_per_user);
   CHECK(s.debug.echo_endpoint != d.debug.echo_endpoint);
 }
 
@@ -619,6 +629,7 @@ TEST_CASE("config: validation rules", "[config]") {
         {"max_watch", [](Config& c) { c.limits.max_watch = 0; }},
         {"max_group_size", [](Config& c) { c.limits.max_group_size = 0; }},
         {"max_connections", [](Config& c) { c.limits.max_connections = 0; }},
+        {"max_connections_per_user", [](Config& c) { c.limits.max_connections_per_user = 0; }},
     };
     for (auto& [name, zero] : zeroes) {
       INFO(name);
@@ -915,5 +926,5 @@ TEST_CASE("command line: usage lists every flag and option", "[config]") {
     CHECK(absl::StrContains(usage, "[" + value + "]"));
     ++options;
   }
-  CHECK(options == 22);
+  CHECK(options == 25);
 }

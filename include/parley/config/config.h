@@ -27,6 +27,7 @@ struct Config {
   struct Storage {
     std::string data_dir = "./data";
     std::string sync = "fsync";  // "fsync": ack after fsync; "none": ack after the write
+    uint64_t min_free_bytes = 256ull << 20;  // sends refused below this much free disk
   } storage;
 
   struct Auth {
@@ -48,7 +49,9 @@ struct Config {
     double rate_burst = 100;                // token bucket size
     uint32_t max_watch = 1000;              // presence watch list per connection
     uint32_t max_group_size = 200;
-    uint32_t max_connections = 100000;  // per process; beyond, new sockets are refused
+    uint32_t max_connections = 100000;       // per process; beyond, new sockets are refused
+    uint32_t max_connections_per_ip = 1000;  // per remote address, 0 = no limit
+    uint32_t max_connections_per_user = 32;  // devices online at once per user
   } limits;
 
   struct Debug {

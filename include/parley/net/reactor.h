@@ -14,6 +14,7 @@
 
 #include <liburing.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -55,6 +56,9 @@ class ConnectionHandler {
   // The connection is gone (peer closed, error, or Close finished). Last call.
   virtual void OnClosed(Connection& conn) {}
 };
+
+// A remote IP address (IPv4 mapped into IPv6), the key of the per-address connection count.
+using PeerKey = std::array<uint8_t, 16>;
 
 // A TCP connection owned by one reactor.
 class Connection {
@@ -110,6 +114,7 @@ class Connection {
   int64_t deadline_ms_ = 0;
   int64_t wheel_due_ = 0;  // due time of this connection's live timer-wheel entry, 0 if none
   uint32_t slot_ = 0;      // index in the reactor's connection table
+  PeerKey peer_{};         // remote address, for the per-address connection count
   uint32_t ops_in_flight_ = 0;
   bool recv_armed_ = false;
   bool send_in_flight_ = false;
@@ -126,6 +131,10 @@ struct ReactorOptions {
   uint32_t recv_buffer_size = 16384;
   int64_t tick_ms = 50;               // timer resolution
   uint32_t max_connections = 100000;  // per reactor
+  // Connections from one remote address on this reactor (0 = no limit). The process-wide limit
+  // is split evenly between the reactors: SO_REUSEPORT spreads one address's connections over
+  // all of them.
+  uint32_t max_connections_per_address = 0;
 };
 
 // Probed kernel features, reported at start-up.
@@ -193,6 +202,9 @@ class Reactor {
   const ReactorFeatures& features() const { return features_; }
   int ring_fd() const { return ring_.ring_fd; }
   size_t connection_count() const { return live_connections_; }
+  uint64_t refused_count() const {
+    return refused_.load(std::memory_order_relaxed);
+  }                                           // connections refused (limits, EMFILE)
   int64_t now_ms() const { return now_ms_; }  // monotonic, updated every iteration
 
   // Used by Connection.
@@ -222,6 +234,12 @@ class Reactor {
   void ArmEventfdRead();
   void HandleCqe(const io_uring_cqe* cqe);
   void OnAccept(int res, uint32_t flags);
+  // Answers an accepted socket we will not serve with a short HTTP 503 and closes it.
+  void Refuse(int fd, std::string_view why);
+  // Out of descriptors: frees the reserve descriptor to accept and refuse what is waiting.
+  void ShedBacklog();
+  void CountPeer(Connection* conn, int delta);
+  static PeerKey ReadPeer(int fd);
   void OnRecv(Connection* conn, int res, uint32_t flags);
   void OnSend(Connection* conn, int res);
   void OnTimer();
@@ -253,6 +271,9 @@ class Reactor {
   AcceptHandlerFactory accept_factory_;
   bool accept_armed_ = false;
   int64_t accept_retry_at_ = 0;
+  int reserve_fd_ = -1;  // held so that EMFILE still leaves one descriptor to refuse with
+  absl::flat_hash_map<PeerKey, uint32_t> per_address_;
+  std::atomic<uint64_t> refused_{0};  // read by /metrics on other cores
 
   // Connections.
   uint64_t next_conn_id_ = 1;
@@ -296,7 +317,7 @@ class Reactor {
   uint64_t timer_order_ = 0;
   std::vector<std::function<bool()>> drain_checks_;
   absl::flat_hash_map<Connection*, absl::AnyInvocable<void(DetachedSocket)>> detaching_;
-  Connection* NewConnection(int fd);
+  Connection* NewConnection(int fd, const PeerKey& peer);
   void FinishDetach(Connection* conn);
 
   // Shutdown.

@@ -20,6 +20,7 @@
 // StoreOptions::dedupe_ttl_ms are dropped by a compaction filter.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -47,6 +48,8 @@ int ShardOf(std::string_view id);
 struct StoreOptions {
   std::string data_dir = "./data";
   bool sync = true;  // fsync each commit (storage.sync = "fsync")
+  // Write refuses (Unavailable) while the data volume has less free space than this (0 = off).
+  uint64_t min_free_bytes = 0;
   uint64_t block_cache_bytes = 128ull << 20;
   uint64_t write_buffer_bytes_total = 256ull << 20;  // all memtables together
   int64_t dedupe_ttl_ms = 48ll * 3600 * 1000;        // protocol promises >= 24 h
@@ -143,7 +146,9 @@ class Store {
   const StoreOptions& options() const { return options_; }
   Batch NewBatch();
   // Commits a batch (blocking; with fsync when options().sync). Used by ShardWriter's thread
-  // and by start-up recovery; never call it on a reactor thread.
+  // and by start-up recovery; never call it on a reactor thread. After a failed write (disk
+  // full, I/O error) RocksDB refuses further writes; the next Write asks it to resume first,
+  // at most every 100 ms, so writing recovers by itself once the disk has room again.
   absl::Status Write(Batch& batch);
 
   // ---- Reads (any thread). Missing entries are nullopt / 0 / empty. ----
@@ -187,6 +192,12 @@ class Store {
   StoreOptions options_;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> shards_;
+  // Set by a failed write; the writers (one thread per shard) share it.
+  std::atomic<bool> write_failed_{false};
+  // Free bytes on the data volume, from statvfs at most every 100 ms.
+  std::atomic<uint64_t> free_bytes_{UINT64_MAX};
+  std::atomic<int64_t> free_checked_ms_{-1000};
+  std::atomic<int64_t> last_resume_ms_{0};
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
