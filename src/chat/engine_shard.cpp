@@ -637,7 +637,14 @@ absl::Status EngineShard::Sync(Device& device, int64_t id, int64_t since, int64_
   }
   proto::ListOkWriter w(out, id, "events");
   *last_returned = since;
+  // One answer stays well under limits.max_outbound_bytes, or the answer itself would close
+  // the connection as a slow consumer: past the budget, stop early and say "more".
+  const size_t budget = ReplyBudget();
   for (const auto& [inbox, rec] : entries) {
+    if (*last_returned != since && out->size() >= budget) {
+      more = true;
+      break;
+    }
     *last_returned = inbox;
     if (!rec.event_json.empty()) {
       // Stored events are JSON objects without "inbox": insert it after the opening brace.
@@ -656,6 +663,10 @@ absl::Status EngineShard::Sync(Device& device, int64_t id, int64_t since, int64_
   const std::pair<std::string_view, int64_t> ints[] = {{"inbox_seq", u.inbox_durable}};
   w.Finish(ints, true, more);
   return absl::OkStatus();
+}
+
+size_t EngineShard::ReplyBudget() const {
+  return std::max<size_t>(deps_.config->limits.max_outbound_bytes / 2, 1);
 }
 
 absl::Status EngineShard::History(const std::string& user, int64_t id, std::string_view conv,
@@ -681,6 +692,23 @@ absl::Status EngineShard::History(const std::string& user, int64_t id, std::stri
   // Node-local read of the conversation log (any core may read the store).
   absl::Status st = deps_.store->ReadHistory(conv, before, static_cast<int>(limit), &msgs, &more);
   if (!st.ok()) return absl::UnavailableError("storage is unavailable");
+  // As in Sync, the answer stays within a budget of bytes; history pages backwards, so what
+  // does not fit are the oldest messages, and "more" sends the client to them.
+  const size_t budget = ReplyBudget();
+  size_t first = msgs.size();
+  size_t bytes = 0;
+  while (first > 0) {
+    const store::MessageRecord& m = msgs[first - 1].second;
+    const size_t size =
+        128 + conv.size() + m.from.size() + m.cmid.size() + m.body.size() * 2 + m.meta_json.size();
+    if (first != msgs.size() && bytes + size > budget) {
+      more = true;
+      break;
+    }
+    bytes += size;
+    --first;
+  }
+  msgs.erase(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(first));
   proto::ListOkWriter w(out, id, "msgs");
   for (const auto& [seq, m] : msgs) {
     proto::AppendMsg(w.Item(), {conv, seq, m.from, m.cmid, m.ts, m.body, m.meta_json}, -1);

@@ -116,7 +116,8 @@ class EngineShard {
   void Send(SendArgs args, int reply_core, Reply<SendResult> reply);
   // Cumulative ack of a device; an ack below the cursor is ignored.
   absl::Status Ack(Device& device, int64_t inbox, absl::AnyInvocable<void(absl::Status)> done);
-  // Appends the `sync` answer for `device` (since < 0: from its cursor) to *out.
+  // Appends the `sync` answer for `device` (since < 0: from its cursor) to *out. Sync and
+  // History answer fewer entries than `limit` (with "more") rather than exceed ReplyBudget().
   absl::Status Sync(Device& device, int64_t id, int64_t since, int64_t limit, std::string* out,
                     int64_t* last_returned);
   absl::Status History(const std::string& user, int64_t id, std::string_view conv, int64_t before,
@@ -178,6 +179,8 @@ class EngineShard {
   const Stats& stats() const { return stats_; }
 
  private:
+  // Bytes one sync/history answer may take: half of limits.max_outbound_bytes.
+  size_t ReplyBudget() const;
   struct UserState {
     std::string id;
     int64_t inbox_assigned = 0;  // newest inbox number handed out (maybe not durable yet)
