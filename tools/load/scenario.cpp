@@ -331,8 +331,10 @@ Scenario options:
   --groups G (20)  --group-size M (200)
   --users U (2000)  --mixed-group-size M (20)  --watch N (20)  --churn R/s (users/20)
 
-Benchmark runs must raise the server's per-connection rate limit:
-  parley --limits.rate_per_sec=1000000 --limits.rate_burst=1000000
+Benchmark runs must raise the server's per-connection rate limit, and lift the
+per-address connection limit (all load comes from a few loopback addresses):
+  parley --limits.rate_per_sec=1000000 --limits.rate_burst=1000000 \
+         --limits.max_connections_per_ip=0
 Output: a human summary, then one line "JSON {...}".
 )";
 }
