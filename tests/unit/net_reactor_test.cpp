@@ -64,7 +64,12 @@ struct Cluster {
   void Start(std::function<void(Reactor&)> setup = {}) {
     for (auto& r : reactors) {
       threads.emplace_back([this, &r, setup] {
-        REQUIRE(r->Init().ok());
+        // Catch2 assertions are not thread-safe: report to the test's thread instead.
+        if (!r->Init().ok()) {
+          init_failed.store(true);
+          ready.fetch_add(1);
+          return;
+        }
         if (setup) setup(*r);
         r->AddPoller([this, &r] {
           if (stop.load()) r->BeginShutdown(0);
@@ -75,6 +80,7 @@ struct Cluster {
       });
     }
     while (ready.load() < static_cast<int>(reactors.size())) std::this_thread::yield();
+    REQUIRE_FALSE(init_failed.load());
   }
   ~Cluster() {
     stop.store(true);
@@ -86,6 +92,7 @@ struct Cluster {
   std::vector<std::thread> threads;
   std::atomic<int> ready{0};
   std::atomic<bool> stop{false};
+  std::atomic<bool> init_failed{false};
 };
 
 }  // namespace
@@ -127,12 +134,18 @@ TEST_CASE("cross-core tasks run on the target core in submission order", "[net]"
   std::vector<int> seen;          // touched by core 1 only
   std::atomic<bool> done{false};
   std::atomic<bool> wrong_thread{false};
+  std::atomic<bool> submitted{false};
   std::thread::id core1_thread;
   CoreMesh& mesh = cluster.mesh;
   cluster.Start([&](Reactor& r) {
     if (r.core() == 1) core1_thread = std::this_thread::get_id();
     if (r.core() != 0) return;
     r.Defer([&] {
+      // Core 1 is held in its first task until every task is submitted, so the queue must
+      // overflow whatever the relative speed of the two threads.
+      mesh.SubmitTo(0, 1, [&] {
+        while (!submitted.load()) std::this_thread::yield();
+      });
       for (int i = 0; i < kTasks; ++i) {
         mesh.SubmitTo(0, 1, [&, i] {
           if (std::this_thread::get_id() != core1_thread) wrong_thread.store(true);
@@ -140,6 +153,7 @@ TEST_CASE("cross-core tasks run on the target core in submission order", "[net]"
           if (i == kTasks - 1) done.store(true);
         });
       }
+      submitted.store(true);
     });
   });
   for (int i = 0; i < 1000 && !done.load(); ++i) {
