@@ -591,7 +591,11 @@ absl::Status EngineShard::Ack(Device& device, int64_t inbox,
     it = u.cursors.emplace(device.device(), *cursor).first;
   }
   if (inbox <= it->second) {
-    done(absl::OkStatus());  // lower acks are ignored
+    // Lower acks are ignored; but the cursor they are compared with may come from an ack
+    // whose commit is still in flight: answer once everything submitted so far is durable.
+    deps_.writer->OnCommit([done = std::move(done)](const absl::Status& status) mutable {
+      done(status.ok() ? absl::OkStatus() : absl::UnavailableError("the ack could not be stored"));
+    });
     return absl::OkStatus();
   }
   it->second = inbox;
@@ -740,7 +744,16 @@ void EngineShard::Read(Device& device, std::string_view conv_view, int64_t seq,
     return done(absl::PermissionDeniedError("not a member of this conversation"));
   }
   const int64_t clamped = std::min(seq, rec->last_seq);
-  if (clamped <= rec->read_seq) return done(absl::OkStatus());  // only moves forward
+  if (clamped <= rec->read_seq) {
+    // The position only moves forward, so nothing to write; but the position it is compared
+    // with may come from a read whose commit is still in flight, and an `ok` promises
+    // durability: answer once everything submitted so far is durable.
+    deps_.writer->OnCommit([done = std::move(done)](const absl::Status& status) mutable {
+      done(status.ok() ? absl::OkStatus()
+                       : absl::UnavailableError("the read position could not be stored"));
+    });
+    return;
+  }
   rec->read_seq = clamped;
   deps_.writer->current().PutUserConv(user, conv, *rec);
   ++u.pending;

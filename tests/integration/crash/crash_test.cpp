@@ -9,13 +9,16 @@
 // server (--storage.sync=fsync) and audit the store; then either
 //   - a membership cycle that is killed on purpose: ann sends one group change (the creation,
 //     then alternately removing a random member and adding it back) and the server is SIGKILLed
-//     a random fraction of that change's usual latency later, with no other traffic; or
+//     right after the request or within 1.5 x the usual latency of a change (skewed early: the
+//     group record is written within a fraction of that, the inbox events at its end), with
+//     no other traffic; or
 //   - a sending cycle: a group change first on some cycles (creation until it has taken
 //     effect, then the same remove/add-back alternation), answered `ok` before anything else
 //     happens; then 8 connections (2 devices of each user) pipeline sends, retrying first (same
 //     cmid) every send that had no `ok`, and mixing 1:1 sends with sends to the group (members
 //     only; a removed member keeps its unanswered group sends until it is back), and now and
-//     then `read` a conversation up to a seq they got live; SIGKILL after a random 50-500 ms.
+//     then `read` a conversation up to a seq they got live or `ack` the last inbox number they
+//     got live; SIGKILL after a random 50-500 ms.
 // Membership therefore only changes while no group message is in flight and after the audit saw
 // every fan-out complete, so the audit knows exactly which group messages each user must hold.
 // A change without an answer (killed first) may have taken effect or not: the next audit
@@ -39,7 +42,11 @@
 //     equal to the history's length; read_seq never falls below a `read` answered `ok` nor
 //     below what an earlier audit saw (a member removed from the group loses its read position
 //     there: rejoining starts a new conversation record);
+//   - each device's cursor (where a `sync` without `since` starts) never falls below an `ack`
+//     answered ok nor below what an earlier audit saw;
 //   - live msg/group events on one connection arrive with consecutive inbox numbers.
+// At the end, a removed member is added back and every send still without `ok` is retried;
+// the final audit then finds every send stored exactly once.
 // Not covered: membership changes racing with group sends (their interleaving is the server's
 // choice and not observable to the audit), group_leave and ownership hand-over.
 #define CATCH_CONFIG_RUNNER
@@ -502,10 +509,11 @@ bool ReadGroupEvent(simdjson::dom::element e, InboxEntry* out) {
 class AuditClient {
  public:
   // Connects and says hello; returns "" or an error.
-  std::string Open(uint16_t port, const std::string& user) {
+  std::string Open(uint16_t port, const std::string& user, const std::string& device = "audit") {
     if (!ws_.Connect(port)) return "audit connect failed";
     std::string err;
-    auto ok = Request(R"({"op":"hello","user":")" + user + R"(","device":"audit"})", &err);
+    auto ok =
+        Request(R"({"op":"hello","user":")" + user + R"(","device":")" + device + R"("})", &err);
     return ok ? "" : "hello: " + err;
   }
 
@@ -614,6 +622,8 @@ struct ConnectionReport {
   std::vector<SendResult> results;
   std::vector<std::pair<std::string, int64_t>> acked_reads;  // conv, seq
   int64_t reads_sent = 0;
+  int64_t acked_cursor = 0;  // highest `ack` answered ok
+  int64_t acks_sent = 0, acks_acked = 0;
   std::vector<std::string> violations;
   int64_t live_msgs = 0, live_group_events = 0, receipts = 0;
 };
@@ -628,8 +638,8 @@ struct SenderPlan {
 };
 
 // One sender connection for one cycle: hello, retry `retries`, then send new messages (and
-// now and then a read) with up to `window` requests in flight until the connection dies (the
-// server is killed).
+// now and then a read or an ack) with up to `window` requests in flight until the connection dies
+// (the server is killed).
 void RunSender(uint16_t port, SenderPlan plan, std::atomic<bool>* stop, ConnectionReport* report) {
   const std::string& user = plan.user;
   const std::string& device = plan.device;
@@ -641,6 +651,7 @@ void RunSender(uint16_t port, SenderPlan plan, std::atomic<bool>* stop, Connecti
   constexpr int kWindow = 8;
   struct InFlight {
     bool read = false;
+    bool ack = false;  // seq: the acked inbox number
     std::string cmid;  // send
     bool retry = false;
     std::string conv;  // read
@@ -663,7 +674,15 @@ void RunSender(uint16_t port, SenderPlan plan, std::atomic<bool>* stop, Connecti
       const int64_t id = next_id++;
       InFlight f;
       std::string req;
-      if (next_retry >= plan.retries.size() && !live_seq.empty() && rng() % 12 == 0) {
+      const uint32_t dice = rng() % 12;
+      if (next_retry >= plan.retries.size() && last_live_inbox > 0 && dice == 1) {
+        // Acknowledge what this connection got live (its cursor must never fall below it).
+        f.ack = true;
+        f.seq = last_live_inbox;
+        req = R"({"op":"ack","id":)" + std::to_string(id) + R"(,"inbox":)" + std::to_string(f.seq) +
+              "}";
+        ++report->acks_sent;
+      } else if (next_retry >= plan.retries.size() && !live_seq.empty() && dice == 0) {
         // Mark a conversation read up to a seq this user's inbox is known to hold.
         auto it = live_seq.begin();
         std::advance(it, static_cast<long>(rng() % live_seq.size()));
@@ -767,6 +786,16 @@ void RunSender(uint16_t port, SenderPlan plan, std::atomic<bool>* stop, Connecti
       }
       const InFlight f = it->second;
       in_flight.erase(it);
+      if (f.ack) {
+        if (op == "ok") {
+          report->acked_cursor = std::max(report->acked_cursor, f.seq);
+          ++report->acks_acked;
+        } else {
+          report->violations.push_back(who + ": ack of inbox " + std::to_string(f.seq) +
+                                       " answered " + text);
+        }
+        continue;
+      }
       if (f.read) {
         if (op == "ok") {
           report->acked_reads.emplace_back(f.conv, f.seq);
@@ -836,8 +865,9 @@ struct ConvInfo {
 struct Audit {
   std::map<std::string, std::vector<Msg>> history;  // conv -> messages by seq
   std::map<std::string, Msg> by_cmid;
-  std::map<std::string, std::vector<InboxEntry>> inbox;          // user -> entries in inbox order
-  std::map<std::string, std::map<std::string, ConvInfo>> convs;  // user -> conv -> convs entry
+  std::map<std::string, std::vector<InboxEntry>> inbox;            // user -> entries in inbox order
+  std::map<std::string, std::map<std::string, ConvInfo>> convs;    // user -> conv -> convs entry
+  std::map<std::pair<std::string, std::string>, int64_t> cursors;  // (user, device) -> cursor
   bool group_exists = false;
   std::string group_owner;
   std::set<std::string> group_members;
@@ -887,9 +917,35 @@ std::string ReadHistory(AuditClient& c, const std::string& conv, std::vector<Msg
 
 // Reads every conversation's history, every user's inbox and convs, and the group's info (as
 // its owner, users[0], who never leaves). Returns "" or an error.
-std::string ReadStore(uint16_t port, const std::vector<std::string>& users, Audit* audit,
+std::string ReadStore(uint16_t port, const std::vector<std::string>& users,
+                      const std::vector<std::string>& devices, Audit* audit,
                       std::vector<std::string>* violations) {
   for (const auto& user : users) {
+    // Each device's cursor: a sync without `since` starts right after it.
+    for (const auto& device : devices) {
+      AuditClient d;
+      if (auto err = d.Open(port, user, device); !err.empty()) {
+        return user + "/" + device + ": " + err;
+      }
+      std::string err;
+      auto text = d.Request(R"({"op":"sync","limit":1})", &err);
+      if (!text) return user + "/" + device + " sync: " + err;
+      simdjson::dom::element doc;
+      simdjson::dom::array events;
+      int64_t inbox_seq = 0;
+      if (d.parser().parse(*text).get(doc) || doc["events"].get(events) ||
+          doc["inbox_seq"].get(inbox_seq)) {
+        return "malformed sync answer " + text->substr(0, 300);
+      }
+      int64_t cursor = inbox_seq;
+      for (simdjson::dom::element e : events) {
+        int64_t first = 0;
+        if (e["inbox"].get(first)) return "malformed sync event " + text->substr(0, 300);
+        cursor = first - 1;
+        break;
+      }
+      audit->cursors[{user, device}] = cursor;
+    }
     AuditClient c;
     if (auto err = c.Open(port, user); !err.empty()) return user + ": " + err;
     // Inbox: sync from 0 until more is false.
@@ -1083,8 +1139,22 @@ void CheckStore(Audit* audit, const std::vector<std::string>& users,
                 const std::map<std::string, std::vector<std::string>>& seen_inbox,
                 const std::map<std::pair<std::string, std::string>, int64_t>& read_floor,
                 const std::map<std::pair<std::string, std::string>, int64_t>& seen_reads,
+                const std::map<std::pair<std::string, std::string>, int64_t>& ack_floor,
+                const std::map<std::pair<std::string, std::string>, int64_t>& seen_cursors,
                 const GroupModel& model, std::vector<std::string>* violations) {
   ResolveGroup(audit, model, violations);
+  // Device cursors: never below an ack answered ok, nor below an earlier audit.
+  for (const auto& [key, cursor] : audit->cursors) {
+    const std::string who = key.first + "/" + key.second;
+    if (auto f = ack_floor.find(key); f != ack_floor.end() && cursor < f->second) {
+      violations->push_back("LOST ACK: " + who + " acked inbox " + std::to_string(f->second) +
+                            " (answered ok), its cursor is " + std::to_string(cursor));
+    }
+    if (auto s = seen_cursors.find(key); s != seen_cursors.end() && cursor < s->second) {
+      violations->push_back(who + ": cursor went back from " + std::to_string(s->second) +
+                            " (earlier audit) to " + std::to_string(cursor));
+    }
+  }
   audit->by_cmid.clear();
   for (auto& [conv, hist] : audit->history) {
     for (size_t i = 0; i < hist.size(); ++i) {
@@ -1275,7 +1345,7 @@ void CheckStore(Audit* audit, const std::vector<std::string>& users,
 struct Totals {
   int64_t sent = 0, acked = 0, retries = 0, retry_dup = 0, retry_new = 0, live_msgs = 0,
           group_sent = 0, group_acked = 0, reads_sent = 0, reads_acked = 0, receipts = 0,
-          live_group_events = 0;
+          live_group_events = 0, acks_sent = 0, acks_acked = 0;
   // Group changes: answered ok; killed before an answer and found applied / not applied.
   int changes_acked = 0, changes_unanswered_applied = 0, changes_unanswered_lost = 0;
   int killed_changes = 0;  // changes in the cycles killed on purpose during the change
@@ -1357,6 +1427,8 @@ TEST_CASE("SIGKILL at random moments: every ok'd message survives exactly once",
   std::map<std::string, std::vector<std::string>> seen_inbox;         // user -> entry descriptions
   std::map<std::pair<std::string, std::string>, int64_t> read_floor;  // highest ok'd read
   std::map<std::pair<std::string, std::string>, int64_t> seen_reads;  // read_seq at last audit
+  std::map<std::pair<std::string, std::string>, int64_t> ack_floor;   // (user, device): ok'd ack
+  std::map<std::pair<std::string, std::string>, int64_t> seen_cursors;  // at the last audit
   GroupModel group;
   int64_t change_latency_us = 8000;  // of the last answered change; sets the kill moments
   std::vector<std::string> violations;
@@ -1384,11 +1456,11 @@ TEST_CASE("SIGKILL at random moments: every ok'd message survives exactly once",
     for (int attempt = 0;; ++attempt) {
       std::vector<std::string> found;
       Audit fresh;
-      const std::string err = ReadStore(server.port(), users, &fresh, &found);
+      const std::string err = ReadStore(server.port(), users, devices, &fresh, &found);
       INFO(server.Logs());
       REQUIRE(err == "");
-      CheckStore(&fresh, users, outgoing, seen_before, seen_inbox, read_floor, seen_reads, group,
-                 &found);
+      CheckStore(&fresh, users, outgoing, seen_before, seen_inbox, read_floor, seen_reads,
+                 ack_floor, seen_cursors, group, &found);
       if (found.empty() || attempt == 50) {
         if (attempt > 0 && found.empty()) ++converge_waits;
         violations.insert(violations.end(), found.begin(), found.end());
@@ -1407,6 +1479,7 @@ TEST_CASE("SIGKILL at random moments: every ok'd message survives exactly once",
       auto& v = seen_inbox[user];
       for (const auto& e : inbox) v.push_back(Describe(e));
     }
+    seen_cursors = audit.cursors;
     seen_reads.clear();
     for (const auto& [user, convs] : audit.convs) {
       for (const auto& [conv, info] : convs) seen_reads[{user, conv}] = info.read_seq;
@@ -1494,12 +1567,18 @@ TEST_CASE("SIGKILL at random moments: every ok'd message survives exactly once",
     remember(audit);
     if (cycle == cycles) break;
 
-    // A membership change: always while the group does not exist, else on some cycles. Half
-    // of them are killed on purpose during the change; that cycle then sends nothing.
-    const bool change = !group.exists() || rng() % 10 < 4;
-    if (change && rng() % 2 == 0) {
+    // A membership change: always while the group does not exist, else on 45% of the cycles.
+    // Two thirds of them are killed on purpose during the change; that cycle sends nothing.
+    const bool change = !group.exists() || rng() % 20 < 9;
+    if (change && rng() % 3 != 0) {
       GroupChange c = next_change(audit);
-      const int64_t kill_after = static_cast<int64_t>(rng() % (change_latency_us * 3 / 2 + 1));
+      // A quarter at once (the change is usually lost), the others 0 to 1.5 x the last answered
+      // change's latency, skewed early: the group record is written within a fraction of a
+      // millisecond (what the process wrote survives SIGKILL), its inbox events only after the
+      // group record's fsync.
+      const double u = std::uniform_real_distribution<double>(0, 1)(rng);
+      const auto kill_after =
+          rng() % 4 == 0 ? 0 : static_cast<int64_t>(1.5 * u * u * change_latency_us);
       std::string raw;
       int64_t latency = 0;
       ++totals.killed_changes;
@@ -1565,6 +1644,12 @@ TEST_CASE("SIGKILL at random moments: every ok'd message survives exactly once",
       totals.live_group_events += rep.live_group_events;
       totals.receipts += rep.receipts;
       totals.reads_sent += rep.reads_sent;
+      totals.acks_sent += rep.acks_sent;
+      totals.acks_acked += rep.acks_acked;
+      if (rep.acks_acked > 0) {
+        int64_t& floor = ack_floor[{user, devices[i % devices.size()]}];
+        floor = std::max(floor, rep.acked_cursor);
+      }
       for (const auto& sent : rep.new_sends) {
         Outgoing o = sent;
         o.attempts = 1;
@@ -1693,8 +1778,8 @@ TEST_CASE("SIGKILL at random moments: every ok'd message survives exactly once",
         "%lld retries: %lld were stored -> dup, %lld were not), %zu messages stored (%zu in "
         "the group), longest conversation %zu, largest inbox %zu; group changes: %d answered "
         "ok, %d unanswered and applied, %d unanswered and not applied (%d cycles killed during "
-        "a change); %lld reads (%lld ok'd), %lld receipts; %lld live msg and %lld live group "
-        "events; %d audits waited for inboxes to converge; %.1f s\n",
+        "a change); %lld reads (%lld ok'd), %lld receipts, %lld acks (%lld ok'd); %lld live msg "
+        "and %lld live group events; %d audits waited for inboxes to converge; %.1f s\n",
         cycles, static_cast<long long>(totals.sent), static_cast<long long>(totals.group_sent),
         static_cast<long long>(totals.acked), static_cast<long long>(totals.group_acked),
         static_cast<long long>(totals.retries), static_cast<long long>(totals.retry_dup),
@@ -1702,7 +1787,8 @@ TEST_CASE("SIGKILL at random moments: every ok'd message survives exactly once",
         max_inbox, totals.changes_acked, totals.changes_unanswered_applied,
         totals.changes_unanswered_lost, totals.killed_changes,
         static_cast<long long>(totals.reads_sent), static_cast<long long>(totals.reads_acked),
-        static_cast<long long>(totals.receipts), static_cast<long long>(totals.live_msgs),
+        static_cast<long long>(totals.receipts), static_cast<long long>(totals.acks_sent),
+        static_cast<long long>(totals.acks_acked), static_cast<long long>(totals.live_msgs),
         static_cast<long long>(totals.live_group_events), converge_waits,
         std::chrono::duration<double>(Clock::now() - started).count());
     // Sanity: the run did exercise the server.
@@ -1712,6 +1798,7 @@ TEST_CASE("SIGKILL at random moments: every ok'd message survives exactly once",
       CHECK(group.exists());
       CHECK(totals.group_acked > 0);
       CHECK(totals.reads_acked > 0);
+      CHECK(totals.acks_acked > 0);
     }
   }
 
