@@ -591,7 +591,11 @@ absl::Status EngineShard::Ack(Device& device, int64_t inbox,
     it = u.cursors.emplace(device.device(), *cursor).first;
   }
   if (inbox <= it->second) {
-    done(absl::OkStatus());  // lower acks are ignored
+    // Lower acks are ignored; but the cursor they are compared with may come from an ack
+    // whose commit is still in flight: answer once everything submitted so far is durable.
+    deps_.writer->OnCommit([done = std::move(done)](const absl::Status& status) mutable {
+      done(status.ok() ? absl::OkStatus() : absl::UnavailableError("the ack could not be stored"));
+    });
     return absl::OkStatus();
   }
   it->second = inbox;
@@ -740,7 +744,16 @@ void EngineShard::Read(Device& device, std::string_view conv_view, int64_t seq,
     return done(absl::PermissionDeniedError("not a member of this conversation"));
   }
   const int64_t clamped = std::min(seq, rec->last_seq);
-  if (clamped <= rec->read_seq) return done(absl::OkStatus());  // only moves forward
+  if (clamped <= rec->read_seq) {
+    // The position only moves forward, so nothing to write; but the position it is compared
+    // with may come from a read whose commit is still in flight, and an `ok` promises
+    // durability: answer once everything submitted so far is durable.
+    deps_.writer->OnCommit([done = std::move(done)](const absl::Status& status) mutable {
+      done(status.ok() ? absl::OkStatus()
+                       : absl::UnavailableError("the read position could not be stored"));
+    });
+    return;
+  }
   rec->read_seq = clamped;
   deps_.writer->current().PutUserConv(user, conv, *rec);
   ++u.pending;
@@ -861,6 +874,44 @@ absl::Status EngineShard::Typing(Device& device, std::string_view to, std::strin
 }
 
 // ---------------------------------------------------------------- recovery
+
+absl::Status EngineShard::RecoverGroupEvents(store::Store& store) {
+  std::vector<store::PendingGroupEvent> pending;
+  if (auto st = store.ListGroupEvents(&pending); !st.ok()) return st;
+  // One batch per event: each appends after what the previous one wrote.
+  for (const store::PendingGroupEvent& p : pending) {
+    const store::GroupEventRecord& e = p.rec;
+    auto inbox = store.LastInboxSeq(p.user);
+    if (!inbox.ok()) return inbox.status();
+    int64_t next = *inbox;
+    store::Batch batch = store.NewBatch();
+    if (e.leave) {
+      // As on the live path, where they are queued ahead of the event: the messages sequenced
+      // while the user was a member come first (the fan-out recovery skips non-members).
+      auto rec = store.GetUserConv(p.user, e.conv);
+      if (!rec.ok()) return rec.status();
+      for (int64_t s = rec->has_value() ? (*rec)->last_seq + 1 : e.boundary + 1; s <= e.boundary;
+           ++s) {
+        auto msg = store.GetMessage(e.conv, s);
+        if (!msg.ok()) return msg.status();
+        if (!msg->has_value()) continue;
+        batch.PutInbox(p.user, ++next, store::InboxRecord{e.conv, s, {}});
+      }
+    }
+    batch.PutInbox(p.user, ++next, store::InboxRecord{e.conv, 0, e.event_json});
+    if (e.join) {
+      store::UserConvRecord r;
+      r.last_seq = e.boundary;
+      r.last_ts = e.ts;
+      r.joined_seq = e.boundary;
+      batch.PutUserConv(p.user, e.conv, r);
+    }
+    if (e.leave) batch.DeleteUserConv(p.user, e.conv);
+    batch.DeleteGroupEvent(p.user, p.order);
+    if (auto st = store.Write(batch); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
 
 absl::Status EngineShard::RecoverFanouts(store::Store& store) {
   std::vector<std::string> convs;
@@ -1132,9 +1183,25 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
   } else {
     batch.PutGroup(op.group, *rec);
   }
-  deps_.writer->OnCommit([this, group = op.group, conv, events = std::move(events), join_seq, now,
-                          result = std::move(result), reply = std::move(reply),
-                          answer](const absl::Status& status) mutable {
+  // Every event is owed to its users' inboxes from the moment the change commits.
+  std::vector<std::vector<int64_t>> orders(events.size());  // per event and concerned user
+  for (size_t k = 0; k < events.size(); ++k) {
+    const Event& e = events[k];
+    for (const std::string& user : e.concerned) {
+      store::GroupEventRecord pending;
+      pending.conv = conv;
+      pending.event_json = *e.json;
+      pending.boundary = join_seq;
+      pending.join = std::find(e.joining.begin(), e.joining.end(), user) != e.joining.end();
+      pending.leave = std::find(e.leaving.begin(), e.leaving.end(), user) != e.leaving.end();
+      pending.ts = now;
+      orders[k].push_back(NextEventOrder());
+      batch.PutGroupEvent(user, orders[k].back(), pending);
+    }
+  }
+  deps_.writer->OnCommit([this, group = op.group, conv, events = std::move(events),
+                          orders = std::move(orders), join_seq, now, result = std::move(result),
+                          reply = std::move(reply), answer](const absl::Status& status) mutable {
     if (!status.ok()) {
       groups_.erase(group);  // reload the durable state next time
       result = GroupResult{};
@@ -1149,8 +1216,11 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
     auto remaining = std::make_shared<size_t>(total);
     auto finished = std::make_shared<std::pair<Reply<GroupResult>, GroupResult>>(std::move(reply),
                                                                                  std::move(result));
-    for (const auto& e : events) {
-      for (const std::string& user : e.concerned) {
+    for (size_t k = 0; k < events.size(); ++k) {
+      const Event& e = events[k];
+      for (size_t i = 0; i < e.concerned.size(); ++i) {
+        const std::string& user = e.concerned[i];
+        const int64_t order = orders[k][i];
         const bool joining = std::find(e.joining.begin(), e.joining.end(), user) != e.joining.end();
         const bool leaving = std::find(e.leaving.begin(), e.leaving.end(), user) != e.leaving.end();
         const int me = deps_.core;
@@ -1159,7 +1229,7 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
         deps_.router->SubmitToShard(
             me, shard,
             [&target = on(owner), user, conv, json = e.json, js = joining ? join_seq : -1, leaving,
-             now, me, remaining, finished, answer]() mutable {
+             now, order, me, remaining, finished, answer]() mutable {
               auto confirm = [&target, me, remaining, finished, answer]() mutable {
                 target.deps_.router->SubmitToCore(
                     target.core(), me, [remaining, finished, answer]() mutable {
@@ -1169,7 +1239,7 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
                     });
               };
               target.AppendGroupEvent(std::move(user), conv, std::move(json), js, leaving, now,
-                                      std::move(confirm));
+                                      order, std::move(confirm));
             });
       }
     }
@@ -1178,13 +1248,14 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
 
 void EngineShard::AppendGroupEvent(std::string user, std::string conv,
                                    std::shared_ptr<const std::string> event, int64_t join_seq,
-                                   bool leave, int64_t ts, absl::AnyInvocable<void()> confirm) {
+                                   bool leave, int64_t ts, int64_t order,
+                                   absl::AnyInvocable<void()> confirm) {
   auto shared_confirm = std::make_shared<absl::AnyInvocable<void()>>(std::move(confirm));
-  auto retry = [this, user, conv, event, join_seq, leave, ts, shared_confirm] {
+  auto retry = [this, user, conv, event, join_seq, leave, ts, order, shared_confirm] {
     deps_.reactor->RunAfter(
-        kRetryMs, [this, user, conv, event, join_seq, leave, ts, shared_confirm]() mutable {
+        kRetryMs, [this, user, conv, event, join_seq, leave, ts, order, shared_confirm]() mutable {
           AppendGroupEvent(std::move(user), std::move(conv), std::move(event), join_seq, leave, ts,
-                           [shared_confirm] { (*shared_confirm)(); });
+                           order, [shared_confirm] { (*shared_confirm)(); });
         });
   };
   auto loaded = LoadUser(user);
@@ -1193,6 +1264,7 @@ void EngineShard::AppendGroupEvent(std::string user, std::string conv,
   store::Batch& batch = deps_.writer->current();
   const int64_t inbox = ++u.inbox_assigned;
   batch.PutInbox(user, inbox, store::InboxRecord{conv, 0, *event});
+  batch.DeleteGroupEvent(user, order);
   if (join_seq >= 0) {
     store::UserConvRecord rec;
     rec.last_seq = join_seq;

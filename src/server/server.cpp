@@ -72,7 +72,9 @@ absl::Status Server::Start() {
   auto store = store::Store::Open(store_options);
   if (!store.ok()) return store.status();
   store_ = std::move(*store);
-  // Finish every fan-out a crash interrupted before anyone can read an inbox.
+  // Finish every group change and fan-out a crash interrupted before anyone can read an
+  // inbox; group events first, so that members who joined get the messages sent since.
+  if (absl::Status st = chat::EngineShard::RecoverGroupEvents(*store_); !st.ok()) return st;
   if (absl::Status st = chat::EngineShard::RecoverFanouts(*store_); !st.ok()) return st;
 
   mesh_ = std::make_unique<net::CoreMesh>(threads_);

@@ -273,6 +273,32 @@ absl::Status DecodeGroup(std::string_view in, GroupRecord* rec) {
   return r.Finish();
 }
 
+void EncodeGroupEvent(const GroupEventRecord& rec, std::string* out) {
+  out->push_back(static_cast<char>(kRecordVersion));
+  PutString(out, rec.conv);
+  PutString(out, rec.event_json);
+  PutSigned(out, rec.boundary);
+  PutVarint64(out, (rec.join ? 1u : 0u) | (rec.leave ? 2u : 0u));
+  PutSigned(out, rec.ts);
+}
+
+absl::Status DecodeGroupEvent(std::string_view in, GroupEventRecord* rec) {
+  Reader r(in, kGroupEvent);
+  r.Version();
+  r.String(&rec->conv);
+  r.String(&rec->event_json);
+  r.Signed(&rec->boundary);
+  uint64_t flags = 0;
+  r.Unsigned(&flags);
+  if (r.ok() && flags > 3) {
+    return absl::DataLossError("store: corrupt 'E' record: unknown flags");
+  }
+  rec->join = (flags & 1) != 0;
+  rec->leave = (flags & 2) != 0;
+  r.Signed(&rec->ts);
+  return r.Finish();
+}
+
 void EncodeCursor(int64_t cursor, std::string* out) {
   AppendBigEndian64(out, static_cast<uint64_t>(cursor));
 }

@@ -227,6 +227,20 @@ void Batch::PutGroup(std::string_view group, const GroupRecord& r) {
   Put(GroupShard(group), key_buf_, value_buf_);
 }
 
+void Batch::PutGroupEvent(std::string_view user, int64_t order, const GroupEventRecord& r) {
+  key_buf_.clear();
+  value_buf_.clear();
+  rec::AppendSeqKey(&key_buf_, rec::kGroupEvent, user, order);
+  rec::EncodeGroupEvent(r, &value_buf_);
+  Put(ShardOf(user), key_buf_, value_buf_);
+}
+
+void Batch::DeleteGroupEvent(std::string_view user, int64_t order) {
+  key_buf_.clear();
+  rec::AppendSeqKey(&key_buf_, rec::kGroupEvent, user, order);
+  Delete(ShardOf(user), key_buf_);
+}
+
 void Batch::DeleteGroup(std::string_view group) {
   key_buf_.clear();
   rec::AppendIdKey(&key_buf_, rec::kGroup, group);
@@ -669,6 +683,32 @@ absl::Status Store::ListPendingFanout(std::vector<std::string>* convs) {
       convs->emplace_back(View(it->key()).substr(1));
     }
     if (!it->status().ok()) return FromRocks(it->status(), "pending fan-out");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Store::ListGroupEvents(std::vector<PendingGroupEvent>* events) {
+  events->clear();
+  const std::string lower(1, rec::kGroupEvent);
+  const std::string upper(1, rec::kGroupEvent + 1);
+  for (rocksdb::ColumnFamilyHandle* cf : shards_) {
+    rocksdb::ReadOptions ro;
+    rocksdb::Slice upper_s(upper);
+    ro.iterate_upper_bound = &upper_s;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cf));
+    for (it->Seek(lower); it->Valid(); it->Next()) {
+      // 'E' user 0x00 order(be64)
+      const std::string_view key = View(it->key());
+      if (key.size() < 10 || key[key.size() - 9] != '\0') {
+        return absl::DataLossError("store: malformed 'E' key");
+      }
+      PendingGroupEvent e;
+      e.user = std::string(key.substr(1, key.size() - 10));
+      e.order = static_cast<int64_t>(rec::ReadBigEndian64(key.data() + key.size() - 8));
+      if (absl::Status s = rec::DecodeGroupEvent(View(it->value()), &e.rec); !s.ok()) return s;
+      events->push_back(std::move(e));
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "pending group events");
   }
   return absl::OkStatus();
 }

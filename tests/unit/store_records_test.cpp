@@ -7,6 +7,7 @@
 
 namespace rec = parley::store::records;
 using parley::store::DedupeRecord;
+using parley::store::GroupEventRecord;
 using parley::store::GroupRecord;
 using parley::store::InboxRecord;
 using parley::store::MessageRecord;
@@ -251,4 +252,38 @@ TEST_CASE("corrupt records are DataLoss errors naming the key type", "[store]") 
   s = rec::DecodeCursor("1234567", &cursor);
   CHECK(absl::IsDataLoss(s));
   CHECK(s.message().find("'D'") != absl::string_view::npos);
+}
+
+TEST_CASE("pending group event records round-trip and reject unknown flags", "[store]") {
+  for (int flags = 0; flags < 4; ++flags) {
+    GroupEventRecord e;
+    e.conv = "g:team";
+    e.event_json = R"({"group":"team","change":"removed","users":["bob"],"by":"alice","ts":7})";
+    e.boundary = 41 + flags;
+    e.join = (flags & 1) != 0;
+    e.leave = (flags & 2) != 0;
+    e.ts = 1764380000123;
+    std::string buf;
+    rec::EncodeGroupEvent(e, &buf);
+    GroupEventRecord back;
+    REQUIRE(rec::DecodeGroupEvent(buf, &back).ok());
+    CHECK(back.conv == e.conv);
+    CHECK(back.event_json == e.event_json);
+    CHECK(back.boundary == e.boundary);
+    CHECK(back.join == e.join);
+    CHECK(back.leave == e.leave);
+    CHECK(back.ts == e.ts);
+    for (size_t n = 0; n < buf.size(); ++n) {
+      absl::Status s = rec::DecodeGroupEvent(std::string_view(buf.data(), n), &back);
+      CHECK(absl::IsDataLoss(s));
+      CHECK(s.message().find("'E'") != absl::string_view::npos);
+    }
+  }
+  // Flags beyond join|leave are corrupt, not silently dropped.
+  std::string bad(1, '\x01');
+  bad += std::string("\x00\x00\x00", 3);  // empty conv, empty event, boundary 0
+  rec::PutVarint64(&bad, 4);
+  bad.push_back('\0');  // ts
+  GroupEventRecord out;
+  CHECK(absl::IsDataLoss(rec::DecodeGroupEvent(bad, &out)));
 }

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -363,6 +364,55 @@ TEST_CASE("pending fan-out markers are listed across all shards", "[store]") {
   CHECK(std::set<std::string>(pending.begin(), pending.end()) == expected);
   CHECK(pending.size() == expected.size());
   CHECK(shards.size() > 10);  // the markers really are spread over many shards
+}
+
+TEST_CASE("pending group events are listed across all shards, per user in order", "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  // Users whose ids prefix each other, on one shard, and users on many shards.
+  const std::string bob = "bob";
+  const std::string bob_ext = SameShardExtension(bob);
+  std::vector<std::string> users = {bob, bob_ext};
+  for (int i = 0; i < 30; ++i) users.push_back("user" + std::to_string(i));
+  Batch b = store->NewBatch();
+  std::set<int> shards;
+  for (const auto& u : users) {
+    shards.insert(ShardOf(u));
+    // Written out of order: listing sorts by order (big-endian keys), including past 255.
+    for (int64_t order : {int64_t{700}, int64_t{3}, int64_t{256}, int64_t{1} << 40}) {
+      GroupEventRecord e;
+      e.conv = "g:team";
+      e.event_json = u + "/" + std::to_string(order);
+      e.boundary = order;
+      e.join = order == 3;
+      e.leave = order == 700;
+      e.ts = 5;
+      b.PutGroupEvent(u, order, e);
+    }
+  }
+  // Other keys of the same users are not listed.
+  b.PutInbox(bob, 1, InboxRecord{"g:team", 0, "{}"});
+  b.PutUserConv(bob, "g:team", UserConvRecord{1, 1, 0, 0});
+  REQUIRE(store->Write(b).ok());
+  Batch del = store->NewBatch();
+  del.DeleteGroupEvent(bob, 256);
+  REQUIRE(store->Write(del).ok());
+
+  std::vector<PendingGroupEvent> pending;
+  REQUIRE(store->ListGroupEvents(&pending).ok());
+  CHECK(pending.size() == users.size() * 4 - 1);
+  std::map<std::string, std::vector<int64_t>> orders;
+  for (const auto& p : pending) {
+    orders[p.user].push_back(p.order);
+    CHECK(p.rec.event_json == p.user + "/" + std::to_string(p.order));
+    CHECK(p.rec.boundary == p.order);
+    CHECK(p.rec.join == (p.order == 3));
+    CHECK(p.rec.leave == (p.order == 700));
+  }
+  CHECK(orders.size() == users.size());
+  CHECK(orders[bob] == std::vector<int64_t>{3, 700, int64_t{1} << 40});
+  CHECK(orders[bob_ext] == std::vector<int64_t>{3, 256, 700, int64_t{1} << 40});
+  CHECK(shards.size() > 10);
 }
 
 TEST_CASE("a batch spanning shards commits atomically", "[store]") {

@@ -17,6 +17,13 @@
 // A crash between the steps leaves the marker; start-up recovery (RecoverFanouts) finishes
 // the fan-out before the node serves.
 //
+// Group changes (on the group's owner): one batch = the group record + one pending event entry
+// per concerned user (store::GroupEventRecord); after commit, each member's owner appends the
+// event to the inbox (joining or leaving the conversation) in one batch with the deletion of
+// its pending entry; the `ok` waits for all of them. A crash in between leaves the entries;
+// start-up recovery (RecoverGroupEvents, before RecoverFanouts) appends them, so a change that
+// committed reaches every inbox it concerns even if it was never answered.
+//
 // Guarantees: per conversation, seqs are gapless and increasing; per user, inbox numbers are
 // gapless and increasing and respect each conversation's order; a device sees its live events
 // in inbox order; nothing is answered `ok` before it is durable (ShardWriter).
@@ -163,7 +170,11 @@ class EngineShard {
   // Called on the engine's core once per reactor loop iteration.
   void Poll() { deps_.writer->Poll(); }
 
-  // Start-up, before serving: completes every fan-out a crash interrupted (blocking writes).
+  // Start-up, before serving (blocking writes), in this order: appends the group events a
+  // crash left owed (joining users' conversation records start where they joined; a leaving
+  // user first gets the messages sequenced before it left), then completes every fan-out a
+  // crash interrupted.
+  static absl::Status RecoverGroupEvents(store::Store& store);
   static absl::Status RecoverFanouts(store::Store& store);
 
   // Figures for /metrics (relaxed atomics, written by this core only).
@@ -245,12 +256,17 @@ class EngineShard {
   absl::StatusOr<store::GroupRecord*> LoadGroup(const std::string& group);
   void GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> reply);
   // Member's owner: one group event into the user's inbox, joining (join_seq >= 0: the
-  // conversation record starts there) or leaving (the record goes) the group's conversation.
+  // conversation record starts there) or leaving (the record goes) the group's conversation;
+  // the same batch deletes the event's pending entry `order`.
   void AppendGroupEvent(std::string user, std::string conv,
                         std::shared_ptr<const std::string> event, int64_t join_seq, bool leave,
-                        int64_t ts, absl::AnyInvocable<void()> confirm);
+                        int64_t ts, int64_t order, absl::AnyInvocable<void()> confirm);
+  // A key for a pending group event entry: unique among the entries that can exist at once
+  // (this process's; start-up recovery has drained the previous one's) on every core.
+  int64_t NextEventOrder() { return (++event_orders_ << 9) | deps_.core; }
   absl::flat_hash_map<std::string, std::optional<store::GroupRecord>> groups_;
   uint64_t group_id_state_ = 0;
+  int64_t event_orders_ = 0;
 
   Deps deps_;
   absl::flat_hash_map<std::string, Presence> presence_;

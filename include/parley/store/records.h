@@ -37,6 +37,7 @@ inline constexpr char kUserConv = 'U';
 inline constexpr char kDevice = 'D';
 inline constexpr char kPending = 'P';
 inline constexpr char kGroup = 'G';
+inline constexpr char kGroupEvent = 'E';
 
 // type id 0x00 — the common prefix of every key of one kind and owner.
 std::string OwnerPrefix(char type, std::string_view id);
@@ -74,6 +75,9 @@ absl::Status DecodeUserConv(std::string_view in, UserConvRecord* rec);
 
 void EncodeGroup(const GroupRecord& rec, std::string* out);
 absl::Status DecodeGroup(std::string_view in, GroupRecord* rec);
+
+void EncodeGroupEvent(const GroupEventRecord& rec, std::string* out);
+absl::Status DecodeGroupEvent(std::string_view in, GroupEventRecord* rec);
 
 // Device cursors are a bare be64 (no version byte).
 void EncodeCursor(int64_t cursor, std::string* out);

@@ -12,10 +12,12 @@
 //   'D' user 0x00 device        -> be64 cursor        per-device acknowledged inbox seq
 //   'P' conv                    -> (empty)            fan-out of this conversation in progress
 //   'G' group                   -> GroupRecord        group metadata and members
+//   'E' user 0x00 order(be64)   -> GroupEventRecord   a group event owed to the user's inbox
 // Values are compact binary records (varint lengths), versioned by a leading byte.
 //
 // Thread-safety: all reads may run on any thread. Writes go through a Batch; a Batch spans
-// column families, so a message, its dedupe entry and the fan-out marker commit atomically.
+// column families, so a message, its dedupe entry and the fan-out marker commit atomically,
+// and so do a group change and the 'E' entries of the events it owes its users' inboxes.
 // Compression: LZ4 for upper levels, ZSTD for the bottommost. Dedupe entries older than
 // StoreOptions::dedupe_ttl_ms are dropped by a compaction filter.
 #pragma once
@@ -91,6 +93,26 @@ struct GroupRecord {
   int64_t created_ts = 0;
 };
 
+// A group membership event owed to a user's inbox. It is written in the same batch as the
+// group change (in the user's shard) and deleted in the same batch as the inbox entry it
+// becomes, so a change that committed always reaches every inbox it concerns: what a crash
+// leaves behind is appended at start-up (EngineShard::RecoverGroupEvents).
+struct GroupEventRecord {
+  std::string conv;        // "g:<group>"
+  std::string event_json;  // the inbox event (InboxRecord::event_json)
+  int64_t boundary = 0;    // the conversation's last seq when the change was made
+  bool join = false;       // the user's conversation record starts at `boundary`
+  bool leave = false;      // the user gets the messages up to `boundary`, then its record goes
+  int64_t ts = 0;          // time of the change (a joining record's last_ts)
+};
+
+// A GroupEventRecord with its key: events of one user list in ascending `order`.
+struct PendingGroupEvent {
+  std::string user;
+  int64_t order = 0;
+  GroupEventRecord rec;
+};
+
 class Store;
 
 // Operations to commit atomically. Not thread-safe; one per writer.
@@ -114,6 +136,8 @@ class Batch {
   void PutPendingFanout(std::string_view conv);
   void DeletePendingFanout(std::string_view conv);
   void PutGroup(std::string_view group, const GroupRecord& rec);
+  void PutGroupEvent(std::string_view user, int64_t order, const GroupEventRecord& rec);
+  void DeleteGroupEvent(std::string_view user, int64_t order);
   void DeleteGroup(std::string_view group);
   // Removes a conversation's whole log and its fan-out marker (a deleted group's history).
   void DeleteConversation(std::string_view conv);
@@ -173,6 +197,8 @@ class Store {
   absl::StatusOr<std::optional<GroupRecord>> GetGroup(std::string_view group);
   // Conversations with a fan-out marker, across all shards (start-up recovery).
   absl::Status ListPendingFanout(std::vector<std::string>* convs);
+  // Group events owed to inboxes, across all shards; one user's in ascending order.
+  absl::Status ListGroupEvents(std::vector<PendingGroupEvent>* events);
 
   // Storage figures for /metrics (estimates from RocksDB properties).
   struct Stats {
