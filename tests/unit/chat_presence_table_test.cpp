@@ -353,3 +353,31 @@ TEST_CASE("sessions with large ids", "[chat][presence]") {
   CHECK_FALSE(t.Unwatch(big, "bob"));
   CHECK(t.Unwatch(big - 1, "bob"));
 }
+
+TEST_CASE("space of released users is reused without mixing ids", "[chat][presence]") {
+  PresenceTable t;
+  for (size_t n = 0; n < 300; ++n) REQUIRE(t.Connect(IdOf(n, 20), kT0 + static_cast<int64_t>(n)));
+  for (uint64_t round = 0; round < 4; ++round) {
+    // 5000 users of 5 to 64 bytes: more than one 64 KiB block of records.
+    std::vector<std::string> ids;
+    for (size_t i = 0; i < 5000; ++i) ids.push_back(IdOf(100000 + round * 5000 + i, 5 + i % 60));
+    for (const auto& id : ids) REQUIRE(t.Watch(round, id));
+    t.Subscribe(1, ids[0]);
+    for (size_t i = 0; i < ids.size(); i += 97) {
+      REQUIRE(WatchersOf(t, ids[i]) == std::vector<uint64_t>{round});
+    }
+    std::vector<std::string> gone;
+    t.UnwatchAll(round, &gone);
+    REQUIRE(Sorted(gone) == Sorted(ids));
+    REQUIRE(t.Subscribers(ids[0]) == 2);
+    t.Unsubscribe(1, ids[0]);
+    REQUIRE(t.edges() == 0);
+  }
+  // The users with presence state kept theirs throughout.
+  for (size_t n = 0; n < 300; ++n) {
+    REQUIRE(t.Devices(IdOf(n, 20)) == 1);
+    REQUIRE(t.Disconnect(IdOf(n, 20), kT0 + 7));
+    REQUIRE(t.Get(IdOf(n, 20), 0).last_seen == kT0 + 7);
+  }
+  CHECK(t.users() == 300);
+}
