@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "parley/proto/frames.h"
 #include "parley/proto/request.h"
@@ -101,24 +102,17 @@ absl::StatusOr<int64_t> EngineShard::AttachDevice(Device* device) {
   (*u)->devices.push_back(device);
   devices_by_session_[device->device_session_id()] = device;
   stats_.online_devices.fetch_add(1, std::memory_order_relaxed);
-  Presence& p = presence_[device->user()];
-  if (p.devices++ == 0) {
-    // Offline -> online; a further device's hello does not reset a "busy".
-    p.status = Status::kOnline;
-    p.last_seen = WallMillis();
-    PresenceChanged(device->user());
-  }
+  // Offline -> online; a further device's hello does not reset a "busy".
+  if (presence_.Connect(device->user(), WallMillis())) PresenceChanged(device->user());
   return (*u)->inbox_durable;
 }
 
 void EngineShard::DetachDevice(Device* device) {
   const uint64_t session = device->device_session_id();
   devices_by_session_.erase(session);
-  if (auto w = watching_.find(session); w != watching_.end()) {
-    std::vector<std::string> users(w->second.begin(), w->second.end());
-    Unwatch(*device, users);
-    watching_.erase(session);
-  }
+  std::vector<std::string> unwatched;
+  presence_.UnwatchAll(session, &unwatched);
+  Unsubscribe(unwatched);
   auto it = users_.find(device->user());
   if (it == users_.end()) return;
   auto& devices = it->second->devices;
@@ -127,57 +121,34 @@ void EngineShard::DetachDevice(Device* device) {
   devices.erase(pos);
   stats_.online_devices.fetch_sub(1, std::memory_order_relaxed);
   if (devices.empty()) stats_.online_users.fetch_sub(1, std::memory_order_relaxed);
-  Presence& p = presence_[device->user()];
-  if (p.devices > 0 && --p.devices == 0) {
-    p.status = Status::kOffline;
-    p.last_seen = WallMillis();
-    PresenceChanged(device->user());
-  }
+  if (presence_.Disconnect(device->user(), WallMillis())) PresenceChanged(device->user());
   MaybeEvict(device->user());
 }
 
 // ---------------------------------------------------------------- presence
 
-std::string_view EngineShard::StatusName(Status s) {
-  switch (s) {
-    case Status::kOnline:
-      return "online";
-    case Status::kBusy:
-      return "busy";
-    default:
-      return "offline";
-  }
-}
-
 EngineShard::PresenceInfo EngineShard::Snapshot(const std::string& user) {
+  const PresenceTable::View view = presence_.Get(user, WallMillis());
   PresenceInfo info;
   info.user = user;
-  auto it = presence_.find(user);
-  if (it == presence_.end()) {
-    info.status = "offline";
-    return info;
-  }
-  info.status = StatusName(it->second.status);
-  info.last_seen = it->second.devices > 0 ? WallMillis() : it->second.last_seen;
+  info.status = PresenceStatusName(view.status);
+  info.last_seen = view.last_seen;
   return info;
 }
 
 absl::Status EngineShard::SetStatus(Device& device, std::string_view status) {
-  Presence& p = presence_[device.user()];
-  const Status wanted = status == "busy" ? Status::kBusy : Status::kOnline;
-  if (p.devices == 0 || p.status == wanted) return absl::OkStatus();
-  p.status = wanted;
-  PresenceChanged(device.user());
+  const PresenceStatus wanted = status == "busy" ? PresenceStatus::kBusy : PresenceStatus::kOnline;
+  if (presence_.SetStatus(device.user(), wanted)) PresenceChanged(device.user());
   return absl::OkStatus();
 }
 
 void EngineShard::PresenceChanged(const std::string& user) {
-  auto it = watch_cores_.find(user);
-  if (it == watch_cores_.end()) return;
+  const uint64_t cores = presence_.Subscribers(user);
+  if (cores == 0) return;
   const PresenceInfo info = Snapshot(user);
   const std::string status(info.status);
   for (int core = 0; core < deps_.router->cores(); ++core) {
-    if (!(it->second & (uint64_t{1} << core))) continue;
+    if (!(cores & (uint64_t{1} << core))) continue;
     if (core == deps_.core) {
       DeliverPresence(user, status, info.last_seen);
       continue;
@@ -191,11 +162,13 @@ void EngineShard::PresenceChanged(const std::string& user) {
 
 void EngineShard::DeliverPresence(const std::string& user, std::string_view status,
                                   int64_t last_seen) {
-  auto it = local_watchers_.find(user);
-  if (it == local_watchers_.end()) return;
+  // Collected first: a delivery may close a connection, whose edges then go.
+  absl::InlinedVector<uint64_t, 8> sessions;
+  presence_.ForEachWatcher(user, [&](uint64_t session) { sessions.push_back(session); });
+  if (sessions.empty()) return;
   std::string frame;
   proto::AppendPresence(&frame, user, status, last_seen);
-  for (uint64_t session : it->second) {
+  for (uint64_t session : sessions) {
     // A watch still collecting its snapshot takes the newer state instead of an event.
     bool pending = false;
     for (auto& [id, pw] : pending_watches_) {
@@ -216,10 +189,9 @@ void EngineShard::DeliverPresence(const std::string& user, std::string_view stat
 void EngineShard::Subscribe(int core, const std::vector<std::string>& users, bool on) {
   for (const std::string& u : users) {
     if (on) {
-      watch_cores_[u] |= uint64_t{1} << core;
-    } else if (auto it = watch_cores_.find(u); it != watch_cores_.end()) {
-      it->second &= ~(uint64_t{1} << core);
-      if (it->second == 0) watch_cores_.erase(it);
+      presence_.Subscribe(core, u);
+    } else {
+      presence_.Unsubscribe(core, u);
     }
   }
 }
@@ -227,12 +199,11 @@ void EngineShard::Subscribe(int core, const std::vector<std::string>& users, boo
 void EngineShard::Watch(Device& device, std::vector<std::string> users,
                         Reply<absl::StatusOr<std::vector<PresenceInfo>>> done) {
   const uint64_t session = device.device_session_id();
-  auto& mine = watching_[session];
   // Duplicates within the request, and users already watched, count once.
   absl::flat_hash_set<std::string> distinct(users.begin(), users.end());
   size_t fresh = 0;
-  for (const auto& u : distinct) fresh += mine.contains(u) ? 0 : 1;
-  if (mine.size() + fresh > deps_.config->limits.max_watch) {
+  for (const auto& u : distinct) fresh += presence_.IsWatching(session, u) ? 0 : 1;
+  if (presence_.WatchCount(session) + fresh > deps_.config->limits.max_watch) {
     return done(absl::OutOfRangeError(
         StrCat("a connection may watch at most ", deps_.config->limits.max_watch, " users")));
   }
@@ -240,7 +211,7 @@ void EngineShard::Watch(Device& device, std::vector<std::string> users,
   // with a snapshot. Changes after the snapshot follow it on the same FIFO channel.
   absl::flat_hash_map<int, std::vector<std::string>> by_owner;
   for (const auto& u : distinct) {
-    if (mine.insert(u).second) local_watchers_[u].push_back(session);
+    presence_.Watch(session, u);
     by_owner[deps_.router->CoreOfUser(u)].push_back(u);
   }
   const uint64_t id = next_watch_++;
@@ -285,20 +256,16 @@ void EngineShard::Watch(Device& device, std::vector<std::string> users,
 
 void EngineShard::Unwatch(Device& device, const std::vector<std::string>& users) {
   const uint64_t session = device.device_session_id();
-  auto mine = watching_.find(session);
-  if (mine == watching_.end()) return;
-  absl::flat_hash_map<int, std::vector<std::string>> gone;  // owner -> users nobody here watches
+  std::vector<std::string> unwatched;  // users nobody here watches any more
   for (const auto& u : users) {
-    if (!mine->second.erase(u)) continue;
-    auto it = local_watchers_.find(u);
-    if (it == local_watchers_.end()) continue;
-    auto& v = it->second;
-    v.erase(std::remove(v.begin(), v.end(), session), v.end());
-    if (v.empty()) {
-      local_watchers_.erase(it);
-      gone[deps_.router->CoreOfUser(u)].push_back(u);
-    }
+    if (presence_.Unwatch(session, u)) unwatched.push_back(u);
   }
+  Unsubscribe(unwatched);
+}
+
+void EngineShard::Unsubscribe(const std::vector<std::string>& users) {
+  absl::flat_hash_map<int, std::vector<std::string>> gone;  // owner -> users
+  for (const auto& u : users) gone[deps_.router->CoreOfUser(u)].push_back(u);
   for (auto& [owner, list] : gone) {
     if (owner == deps_.core) {
       Subscribe(owner, list, false);

@@ -40,6 +40,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
+#include "parley/chat/presence_table.h"
 #include "parley/chat/router.h"
 #include "parley/config/config.h"
 #include "parley/net/reactor.h"
@@ -230,18 +231,12 @@ class EngineShard {
   void ReplyTo(int core, Reply<SendResult> reply, SendResult result);
   void RecordSendLatency(int64_t start_us);
 
-  // Presence of the users this core owns: kept for every user seen since start, small.
-  enum class Status : uint8_t { kOffline = 0, kOnline = 1, kBusy = 2 };
-  struct Presence {
-    Status status = Status::kOffline;
-    uint16_t devices = 0;
-    int64_t last_seen = 0;
-  };
-  static std::string_view StatusName(Status s);
   PresenceInfo Snapshot(const std::string& user);
   void PresenceChanged(const std::string& user);  // owner core: tell the watching cores
   void DeliverPresence(const std::string& user, std::string_view status, int64_t last_seen);
   void Subscribe(int core, const std::vector<std::string>& users, bool on);
+  // Watcher core: tells the owners that no session here watches `users` any more.
+  void Unsubscribe(const std::vector<std::string>& users);
 
   // A watch request waiting for its snapshots from the owners.
   struct PendingWatch {
@@ -269,10 +264,8 @@ class EngineShard {
   int64_t event_orders_ = 0;
 
   Deps deps_;
-  absl::flat_hash_map<std::string, Presence> presence_;
-  absl::flat_hash_map<std::string, uint64_t> watch_cores_;  // owned user -> cores watching it
-  absl::flat_hash_map<std::string, std::vector<uint64_t>> local_watchers_;    // user -> sessions
-  absl::flat_hash_map<uint64_t, absl::flat_hash_set<std::string>> watching_;  // session -> users
+  // Presence of the users this core owns and the watch edges of this core's sessions.
+  PresenceTable presence_;
   absl::flat_hash_map<uint64_t, Device*> devices_by_session_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<PendingWatch>> pending_watches_;
   uint64_t next_watch_ = 1;
