@@ -250,6 +250,41 @@ void SleepSeconds(double s) {
   if (s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(s));
 }
 
+bool AwaitSetup(Pool& pool, Shared& shared, const Options& o, JsonLine* j, std::string* text,
+                int64_t setup_start_ns, uint64_t want, const char* what,
+                const std::function<uint64_t()>& ready, const std::function<uint64_t()>& failures) {
+  bool ok = WaitFor(o.setup_timeout_s, [&] { return ready() >= want || failures() > 0; });
+  ok = ok && failures() == 0;
+  const double setup_s = static_cast<double>(NowNs() - setup_start_ns) / 1e9;
+  *text += Format("  setup: %llu/%llu %s in %.2f s\n", static_cast<unsigned long long>(ready()),
+                  static_cast<unsigned long long>(want), what, setup_s);
+  j->Num("setup_s", setup_s);
+  if (ok) return true;
+  *text += "  SETUP FAILED (timeout, or connections refused)\n";
+  shared.phase = kStop;
+  pool.Stop();
+  ReportCommon(pool, j, text);
+  j->Bool("ok", false);
+  return false;
+}
+
+std::vector<uint64_t> MeasureWindow(Shared& shared, const Options& o, Probe& probe,
+                                    const std::vector<std::function<uint64_t()>>& counters) {
+  shared.phase = kRun;
+  SleepSeconds(o.warmup_s);
+  shared.window_start_ns = NowNs();
+  std::vector<uint64_t> before;
+  for (const auto& c : counters) before.push_back(c());
+  probe.Begin();
+  SleepSeconds(o.duration_s);
+  std::vector<uint64_t> delta;
+  for (size_t i = 0; i < counters.size(); ++i) delta.push_back(counters[i]() - before[i]);
+  probe.End();
+  shared.window_end_ns = NowNs();
+  shared.phase = kDrain;
+  return delta;
+}
+
 void ReportCommon(Pool& pool, JsonLine* j, std::string* text) {
   WorkerStats s = pool.TotalStats();
   j->Int("connects", static_cast<int64_t>(s.connects));

@@ -174,6 +174,18 @@ void SleepSeconds(double s);
 // Appends the error/close counts, connection statistics and the rate-limit reminder.
 void ReportCommon(Pool& pool, JsonLine* j, std::string* text);
 
+// The setup phase every scenario shares: waits until ready() reaches `want` or failures() is
+// non-zero, and reports "setup: <ready>/<want> <what> in <s> s" (and "setup_s"). On failure it
+// stops the pool, writes the report with "ok": false and returns false.
+bool AwaitSetup(Pool& pool, Shared& shared, const Options& o, JsonLine* j, std::string* text,
+                int64_t setup_start_ns, uint64_t want, const char* what,
+                const std::function<uint64_t()>& ready, const std::function<uint64_t()>& failures);
+
+// The measured window: warm-up, then o.duration_s with the probe running. Returns how much each
+// counter grew inside the window; the phase is kDrain afterwards.
+std::vector<uint64_t> MeasureWindow(Shared& shared, const Options& o, Probe& probe,
+                                    const std::vector<std::function<uint64_t()>>& counters);
+
 // Scenarios. Each returns 0 on success and fills the report; text is the human summary.
 int RunPairs(const Options& o, JsonLine* j, std::string* text);  // throughput, latency
 int RunIdle(const Options& o, JsonLine* j, std::string* text);

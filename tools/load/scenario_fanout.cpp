@@ -283,39 +283,18 @@ int RunFanout(const Options& o, JsonLine* j, std::string* text) {
       "window %d, %d-byte bodies, %d worker thread(s)\n",
       o.groups, o.group_size, static_cast<long long>(conns), o.window, o.body_bytes, o.threads);
   pool.Start();
-  const int64_t setup_start = NowNs();
-  bool ok = WaitFor(o.setup_timeout_s, [&] {
-    return sum([](FanoutDriver& d) { return d.ready.Get(); }) >= static_cast<uint64_t>(o.groups) ||
-           sum([](FanoutDriver& d) { return d.connect_failures.Get(); }) > 0;
-  });
-  ok = ok && sum([](FanoutDriver& d) { return d.connect_failures.Get(); }) == 0;
-  const double setup_s = static_cast<double>(NowNs() - setup_start) / 1e9;
-  *text +=
-      Format("  setup: %llu/%d groups created with every member online in %.2f s\n",
-             static_cast<unsigned long long>(sum([](FanoutDriver& d) { return d.ready.Get(); })),
-             o.groups, setup_s);
-  j->Num("setup_s", setup_s);
-  if (!ok) {
-    *text += "  SETUP FAILED (timeout, or connections refused)\n";
-    shared.phase = kStop;
-    pool.Stop();
-    ReportCommon(pool, j, text);
-    j->Bool("ok", false);
+  if (!AwaitSetup(
+          pool, shared, o, j, text, NowNs(), static_cast<uint64_t>(o.groups),
+          "groups created with every member online",
+          [&] { return sum([](FanoutDriver& d) { return d.ready.Get(); }); },
+          [&] { return sum([](FanoutDriver& d) { return d.connect_failures.Get(); }); })) {
     return 1;
   }
-  shared.phase = kRun;
-  SleepSeconds(o.warmup_s);
   Probe probe(o.server_pid);
-  shared.window_start_ns = NowNs();
-  const uint64_t d0 = sum([](FanoutDriver& d) { return d.delivered.Get(); });
-  const uint64_t a0 = sum([](FanoutDriver& d) { return d.oked.Get(); });
-  probe.Begin();
-  SleepSeconds(o.duration_s);
-  const uint64_t d1 = sum([](FanoutDriver& d) { return d.delivered.Get(); });
-  const uint64_t a1 = sum([](FanoutDriver& d) { return d.oked.Get(); });
-  probe.End();
-  shared.window_end_ns = NowNs();
-  shared.phase = kDrain;
+  const std::vector<uint64_t> grew =
+      MeasureWindow(shared, o, probe,
+                    {[&] { return sum([](FanoutDriver& d) { return d.delivered.Get(); }); },
+                     [&] { return sum([](FanoutDriver& d) { return d.oked.Get(); }); }});
   const uint64_t others = static_cast<uint64_t>(o.group_size - 1);
   WaitFor(o.grace_s, [&] {
     return sum([](FanoutDriver& d) { return static_cast<uint64_t>(d.Inflight()); }) == 0 &&
@@ -347,9 +326,9 @@ int RunFanout(const Options& o, JsonLine* j, std::string* text) {
     oked += d.oked.Get();
   }
   const double secs = probe.seconds();
-  const uint64_t win = d1 - d0;
+  const uint64_t win = grew[0];
   const double rate = secs > 0 ? static_cast<double>(win) / secs : 0;
-  const double msg_rate = secs > 0 ? static_cast<double>(a1 - a0) / secs : 0;
+  const double msg_rate = secs > 0 ? static_cast<double>(grew[1]) / secs : 0;
   j->Int("groups", o.groups)
       .Int("group_size", o.group_size)
       .Int("window", o.window)

@@ -555,39 +555,20 @@ int RunMixed(const Options& o, JsonLine* j, std::string* text) {
       "%.0f presence changes/s, ~70%% online, %d worker thread(s)\n",
       o.users, groups, o.mixed_group_size, o.watch, o.rate, churn, o.threads);
   pool.Start();
-  const int64_t setup_start = NowNs();
   auto refused = [&] { return sum([](MixedDriver& d) { return d.connect_failures.Get(); }); };
-  bool ok = WaitFor(o.setup_timeout_s, [&] {
-    return sum([](MixedDriver& d) { return d.ready.Get(); }) >= static_cast<uint64_t>(o.users) ||
-           refused() > 0;
-  });
-  ok = ok && refused() == 0;
-  *text +=
-      Format("  setup: %llu/%d users online and synced in %.2f s\n",
-             static_cast<unsigned long long>(sum([](MixedDriver& d) { return d.ready.Get(); })),
-             o.users, static_cast<double>(NowNs() - setup_start) / 1e9);
-  if (!ok) {
-    *text += "  SETUP FAILED (timeout, or connections refused)\n";
-    shared.phase = kStop;
-    pool.Stop();
-    ReportCommon(pool, j, text);
-    j->Bool("ok", false);
+  if (!AwaitSetup(
+          pool, shared, o, j, text, NowNs(), static_cast<uint64_t>(o.users),
+          "users online and synced",
+          [&] { return sum([](MixedDriver& d) { return d.ready.Get(); }); }, refused)) {
     return 1;
   }
   SleepSeconds(0.5);  // group creations land
-  shared.phase = kRun;
-  SleepSeconds(o.warmup_s);
   Probe probe(o.server_pid);
-  shared.window_start_ns = NowNs();
-  const uint64_t a0 = sum([](MixedDriver& d) { return d.acked_sends.Get(); });
-  const uint64_t l0 = sum([](MixedDriver& d) { return d.delivered_live.Get(); });
-  probe.Begin();
-  SleepSeconds(o.duration_s);
-  const uint64_t a1 = sum([](MixedDriver& d) { return d.acked_sends.Get(); });
-  const uint64_t l1 = sum([](MixedDriver& d) { return d.delivered_live.Get(); });
-  probe.End();
-  shared.window_end_ns = NowNs();
-  shared.phase = kDrain;
+  const std::vector<uint64_t> grew =
+      MeasureWindow(shared, o, probe,
+                    {[&] { return sum([](MixedDriver& d) { return d.acked_sends.Get(); }); },
+                     [&] { return sum([](MixedDriver& d) { return d.delivered_live.Get(); }); }});
+  const uint64_t acked_in_window = grew[0];
   // Every send answered, then fan-out finishes, then everyone comes online and syncs.
   WaitFor(o.grace_s + 5,
           [&] { return sum([](MixedDriver& d) { return d.pending_total.Get(); }) == 0; });
@@ -673,8 +654,8 @@ int RunMixed(const Options& o, JsonLine* j, std::string* text) {
     unexpected += extra.size();
   }
   const double secs = probe.seconds();
-  const double send_rate = secs > 0 ? static_cast<double>(a1 - a0) / secs : 0;
-  const double live_rate = secs > 0 ? static_cast<double>(l1 - l0) / secs : 0;
+  const double send_rate = secs > 0 ? static_cast<double>(acked_in_window) / secs : 0;
+  const double live_rate = secs > 0 ? static_cast<double>(grew[1]) / secs : 0;
   j->Int("users", o.users)
       .Int("groups", groups)
       .Int("group_size", o.mixed_group_size)
@@ -721,7 +702,7 @@ int RunMixed(const Options& o, JsonLine* j, std::string* text) {
       final_s, final_ok ? "" : ", INCOMPLETE", static_cast<unsigned long long>(accepted),
       static_cast<unsigned long long>(expected_total), static_cast<unsigned long long>(lost),
       static_cast<unsigned long long>(dup), static_cast<unsigned long long>(unexpected));
-  probe.Report(j, text, a1 - a0, "acked_send");
+  probe.Report(j, text, acked_in_window, "acked_send");
   ReportCommon(pool, j, text);
   const bool clean = final_ok && lost == 0 && dup == 0;
   j->Bool("ok", clean);

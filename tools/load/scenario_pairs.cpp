@@ -307,39 +307,18 @@ int RunPairs(const Options& o, JsonLine* j, std::string* text) {
                                : Format("window %d per sender", o.window).c_str(),
                   o.body_bytes, o.threads);
   pool.Start();
-  const int64_t setup_start = NowNs();
-  bool ok = WaitFor(o.setup_timeout_s, [&] {
-    return sum([](PairsDriver& d) { return d.ready.Get(); }) >= static_cast<uint64_t>(o.pairs) ||
-           sum([](PairsDriver& d) { return d.connect_failures.Get(); }) > 0;
-  });
-  ok = ok && sum([](PairsDriver& d) { return d.connect_failures.Get(); }) == 0;
-  const double setup_s = static_cast<double>(NowNs() - setup_start) / 1e9;
-  *text +=
-      Format("  setup: %llu/%d pairs connected and authenticated in %.2f s\n",
-             static_cast<unsigned long long>(sum([](PairsDriver& d) { return d.ready.Get(); })),
-             o.pairs, setup_s);
-  j->Num("setup_s", setup_s);
-  if (!ok) {
-    *text += "  SETUP FAILED (timeout, or connections refused)\n";
-    shared.phase = kStop;
-    pool.Stop();
-    ReportCommon(pool, j, text);
-    j->Bool("ok", false);
+  if (!AwaitSetup(
+          pool, shared, o, j, text, NowNs(), static_cast<uint64_t>(o.pairs),
+          "pairs connected and authenticated",
+          [&] { return sum([](PairsDriver& d) { return d.ready.Get(); }); },
+          [&] { return sum([](PairsDriver& d) { return d.connect_failures.Get(); }); })) {
     return 1;
   }
-  shared.phase = kRun;
-  SleepSeconds(o.warmup_s);
   Probe probe(o.server_pid);
-  shared.window_start_ns = NowNs();
-  const uint64_t d0 = sum([](PairsDriver& d) { return d.delivered.Get(); });
-  const uint64_t ok0 = sum([](PairsDriver& d) { return d.oked.Get(); });
-  probe.Begin();
-  SleepSeconds(o.duration_s);
-  const uint64_t d1 = sum([](PairsDriver& d) { return d.delivered.Get(); });
-  const uint64_t ok1 = sum([](PairsDriver& d) { return d.oked.Get(); });
-  probe.End();
-  shared.window_end_ns = NowNs();
-  shared.phase = kDrain;
+  const std::vector<uint64_t> grew =
+      MeasureWindow(shared, o, probe,
+                    {[&] { return sum([](PairsDriver& d) { return d.delivered.Get(); }); },
+                     [&] { return sum([](PairsDriver& d) { return d.oked.Get(); }); }});
   // Grace: in-flight sends get their ok and every acknowledged message its delivery.
   WaitFor(o.grace_s, [&] {
     return sum([](PairsDriver& d) { return d.Inflight(); }) == 0 &&
@@ -374,9 +353,9 @@ int RunPairs(const Options& o, JsonLine* j, std::string* text) {
     oked += d.oked.Get();
   }
   const double secs = probe.seconds();
-  const uint64_t win_delivered = d1 - d0;
+  const uint64_t win_delivered = grew[0];
   const double rate = secs > 0 ? static_cast<double>(win_delivered) / secs : 0;
-  const double ok_rate = secs > 0 ? static_cast<double>(ok1 - ok0) / secs : 0;
+  const double ok_rate = secs > 0 ? static_cast<double>(grew[1]) / secs : 0;
   j->Int("pairs", o.pairs)
       .Int("window", latency_mode ? 0 : o.window)
       .Num("target_rate", latency_mode ? o.rate : 0)

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <ctime>
 
+#include "parley/util/json_writer.h"
+
 namespace parley::load {
 
 int64_t NowNs() {
@@ -157,30 +159,7 @@ std::string Histogram::TextMicros() const {
 
 // ---- JsonLine ----
 void AppendQuoted(std::string* out, std::string_view s) {
-  out->push_back('"');
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out->append("\\\"");
-        break;
-      case '\\':
-        out->append("\\\\");
-        break;
-      case '\n':
-        out->append("\\n");
-        break;
-      case '\t':
-        out->append("\\t");
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out->append(Format("\\u%04x", c));
-        } else {
-          out->push_back(c);
-        }
-    }
-  }
-  out->push_back('"');
+  parley::AppendJsonString(out, s);
 }
 
 JsonLine& JsonLine::Int(std::string_view key, int64_t v) {
