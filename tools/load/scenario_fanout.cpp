@@ -191,22 +191,6 @@ class FanoutDriver final : public DriverBase {
   }
 
  private:
-  static bool ParseHex(std::string_view s, int64_t* out) {
-    uint64_t v = 0;
-    for (char ch : s) {
-      int d;
-      if (ch >= '0' && ch <= '9')
-        d = ch - '0';
-      else if (ch >= 'a' && ch <= 'f')
-        d = ch - 'a' + 10;
-      else
-        return false;
-      v = (v << 4) | static_cast<uint64_t>(d);
-    }
-    *out = static_cast<int64_t>(v);
-    return true;
-  }
-
   void MaybeAck(Group& g, size_t m, Conn& c, int64_t inbox) {
     if (o_.ack_every <= 0 || ++g.unacked[m] < o_.ack_every) return;
     g.unacked[m] = 0;

@@ -223,22 +223,6 @@ class PairsDriver final : public DriverBase {
   }
 
  private:
-  static bool ParseHex(std::string_view s, int64_t* out) {
-    uint64_t v = 0;
-    for (char ch : s) {
-      int d;
-      if (ch >= '0' && ch <= '9')
-        d = ch - '0';
-      else if (ch >= 'a' && ch <= 'f')
-        d = ch - 'a' + 10;
-      else
-        return false;
-      v = (v << 4) | static_cast<uint64_t>(d);
-    }
-    *out = static_cast<int64_t>(v);
-    return true;
-  }
-
   void Refill(Pair& p) {
     if (p.s == nullptr || !p.s_hello) return;
     const int64_t now = NowNs();

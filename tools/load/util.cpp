@@ -157,6 +157,23 @@ std::string Histogram::TextMicros() const {
                 us(max()), static_cast<unsigned long long>(count_), mean() / 1000.0);
 }
 
+bool ParseHex(std::string_view s, int64_t* out) {
+  uint64_t v = 0;
+  for (char ch : s) {
+    int d;
+    if (ch >= '0' && ch <= '9') {
+      d = ch - '0';
+    } else if (ch >= 'a' && ch <= 'f') {
+      d = ch - 'a' + 10;
+    } else {
+      return false;
+    }
+    v = (v << 4) | static_cast<uint64_t>(d);
+  }
+  *out = static_cast<int64_t>(v);
+  return true;
+}
+
 // ---- JsonLine ----
 void AppendQuoted(std::string* out, std::string_view s) {
   parley::AppendJsonString(out, s);

@@ -49,6 +49,9 @@ inline std::string_view Unquote(std::string_view raw) {
 }
 // Parses a JSON integer; false if `raw` is not one.
 bool ParseInt(std::string_view raw, int64_t* out);
+// Parses lower-case hex digits (the send-time stamp at the start of a load message's body);
+// false on any other character.
+bool ParseHex(std::string_view s, int64_t* out);
 
 // Skips one JSON value starting at text[pos] (pos at its first character, no leading blanks);
 // returns the position after it, or npos when the text ends first.
