@@ -419,7 +419,11 @@ void Reactor::ShedBacklog() {
   // Like a full table but worse: the kernel cannot give us a descriptor at all. The reserve
   // descriptor makes room for one accept at a time; each waiting client gets a 503 instead of
   // hanging in the backlog until its own timeout.
-  if (reserve_fd_ < 0 || listen_fd_ < 0) return;
+  if (listen_fd_ < 0) return;
+  // Another thread (a storage writer, RocksDB) may have taken the descriptor this reactor freed
+  // last time: get the reserve back first, or there is nothing to refuse with.
+  if (reserve_fd_ < 0) reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (reserve_fd_ < 0) return;
   ::close(reserve_fd_);
   reserve_fd_ = -1;
   for (int i = 0; i < 64; ++i) {
