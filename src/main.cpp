@@ -12,6 +12,12 @@
 
 namespace {
 
+#ifdef PARLEY_WITH_JEMALLOC
+constexpr const char* kAllocator = "jemalloc";
+#else
+constexpr const char* kAllocator = "glibc malloc";
+#endif
+
 int Serve(const parley::Config& config) {
   // Signals are taken synchronously by this thread; the reactor threads inherit the mask.
   sigset_t stop_signals;
@@ -55,7 +61,7 @@ int main(int argc, char** argv) {
       std::cout << parley::UsageText();
       return 0;
     case parley::CommandLine::Action::kVersion:
-      std::printf("parley %s\n", PARLEY_VERSION);
+      std::printf("parley %s (allocator: %s)\n", PARLEY_VERSION, kAllocator);
       return 0;
     case parley::CommandLine::Action::kPrintConfig:
       std::cout << parley::RenderConfigToml(cli->config, /*hide_secrets=*/true);

@@ -599,12 +599,13 @@ absl::Status EngineShard::Sync(Device& device, int64_t id, int64_t since, int64_
   if (limit < 0) limit = 500;
   std::vector<std::pair<int64_t, store::InboxRecord>> entries;
   bool more = false;
-  // Only durable entries are served; newer ones arrive live (or in the next sync).
+  // Only durable entries are served. Newer ones (in the store, their commit not yet reported
+  // to this core) reach this device live once it is, so they do not make "more" true.
   absl::Status st = deps_.store->ReadInbox(u.id, since, static_cast<int>(limit), &entries, &more);
   if (!st.ok()) return absl::UnavailableError("storage is unavailable");
   while (!entries.empty() && entries.back().first > u.inbox_durable) {
     entries.pop_back();
-    more = true;
+    more = false;
   }
   proto::ListOkWriter w(out, id, "events");
   *last_returned = since;

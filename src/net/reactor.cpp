@@ -34,6 +34,11 @@ void ConnectionHandler::OnShutdown(Connection& conn) {
   conn.CloseAfterFlush();
 }
 
+std::string& Connection::out() {
+  if (out_.empty() && out_.capacity() < Reactor::kMinSpareOut) reactor_->LendOutputBuffer(out_);
+  return out_;
+}
+
 void Connection::Flush() {
   reactor_->MarkDirty(this);
 }
@@ -609,6 +614,21 @@ void Reactor::FlushDirty() {
   dirty_.clear();
 }
 
+void Reactor::LendOutputBuffer(std::string& out) {
+  if (spare_out_.empty()) return;
+  out.swap(spare_out_.back());
+  spare_out_.pop_back();
+}
+
+void Reactor::RecycleOutputBuffer(std::string& buf) {
+  if (buf.capacity() >= kMinSpareOut && buf.capacity() <= kMaxSpareOut &&
+      spare_out_.size() < kMaxSpareOutCount) {
+    buf.clear();
+    spare_out_.push_back(std::move(buf));
+  }
+  std::string().swap(buf);
+}
+
 void Reactor::StartSend(Connection* conn) {
   if (conn->closed_) return;
   if (conn->out_.empty()) {
@@ -657,8 +677,8 @@ void Reactor::OnSend(Connection* conn, int res) {
     ++conn->ops_in_flight_;
     return;
   }
-  // Idle connections keep no output buffer.
-  std::string().swap(conn->inflight_);
+  // Idle connections keep no output buffer: it goes back to the reactor's spares.
+  RecycleOutputBuffer(conn->inflight_);
   conn->inflight_sent_ = 0;
   if (conn->detaching_) {
     // The rest of the output travels with the socket.

@@ -12,9 +12,11 @@ namespace {
 
 // A group commit stops merging at this size so that one commit's latency stays bounded.
 constexpr size_t kMaxMergeBytes = 16u << 20;
-// Finished jobs are reused (their WriteBatch keeps its buffer); a few suffice.
-constexpr size_t kMaxFreeJobs = 16;
-constexpr size_t kMaxReusedCapacity = 1u << 20;
+// Finished jobs are reused (their WriteBatch keeps its buffer, so building the next batch
+// neither reallocates nor touches fresh pages); with one commit in flight two suffice. Under
+// load a commit holds a few MiB, so buffers up to the merge limit are kept.
+constexpr size_t kMaxFreeJobs = 4;
+constexpr size_t kMaxReusedCapacity = kMaxMergeBytes * 2;
 
 }  // namespace
 
@@ -62,7 +64,13 @@ void ShardWriter::Poll() {
     }
     for (Callback& cb : callbacks) cb(status);
   }
-  if (!current_.empty() || !current_callbacks_.empty()) SubmitCurrent();
+  // Group commit: while a commit is on its way to disk, everything new gathers in current_
+  // and goes in the next one (no copying of queued batches into each other). A batch that grew
+  // past kMaxMergeBytes goes anyway, so that one commit's size and latency stay bounded.
+  if ((!current_.empty() || !current_callbacks_.empty()) &&
+      (in_flight_ == 0 || current_.ByteSize() >= kMaxMergeBytes)) {
+    SubmitCurrent();
+  }
   FlushBacklog();
 }
 

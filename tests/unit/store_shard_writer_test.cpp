@@ -102,9 +102,11 @@ TEST_CASE("shard writer runs callbacks in submission order once data is durable"
   CHECK(d.notified.load() > 0);
 
   const auto& st = w.stats();
-  CHECK(st.batches.load() == kBatches);
+  // Polls during a commit submit nothing: what they saw joins the next commit.
+  CHECK(st.batches.load() >= 1);
+  CHECK(st.batches.load() <= kBatches);
   CHECK(st.commits.load() >= 1);
-  CHECK(st.commits.load() <= kBatches);
+  CHECK(st.commits.load() <= st.batches.load());
   CHECK(st.failures.load() == 0);
   CHECK(st.bytes.load() > kBatches * 20);
   // Cumulative buckets: non-decreasing, the last one counts every commit.
@@ -138,7 +140,7 @@ TEST_CASE("shard writer runs callbacks registered without operations after the n
   CHECK(w.stats().batches.load() == batches);
 }
 
-TEST_CASE("shard writer merges batches that queue up into one commit", "[store]") {
+TEST_CASE("shard writer gathers what arrives during a commit into the next one", "[store]") {
   TempDir dir;
   auto store = OpenStore(dir.path());
   bool merged = false;
@@ -157,8 +159,10 @@ TEST_CASE("shard writer merges batches that queue up into one commit", "[store]"
     }
     d.Drain(w);
     CHECK(done == 100);
-    CHECK(w.stats().batches.load() == 100);
-    merged = w.stats().commits.load() < w.stats().batches.load();
+    // One submission per commit (nothing is copied from batch to batch), and fewer commits
+    // than Polls: operations added while a commit was on its way shared the next one.
+    CHECK(w.stats().batches.load() == w.stats().commits.load());
+    merged = w.stats().commits.load() < 100;
   }
   CHECK(merged);
   CHECK(store->LastInboxSeq("bob").value() > 0);

@@ -68,9 +68,11 @@ class Connection {
   uint64_t id() const { return id_; }  // unique per process, never reused
 
   // Output. Append directly to out() and call Flush(), or call Write().
-  std::string& out() { return out_; }
+  // A connection that starts writing again borrows a spare buffer of its reactor, so a busy
+  // connection does not allocate one per send, and an idle one holds none.
+  std::string& out();
   void Write(std::string_view bytes) {
-    out_.append(bytes);
+    out().append(bytes);
     Flush();
   }
   // Schedules a send at the end of this loop iteration (cheap to call repeatedly).
@@ -158,6 +160,11 @@ using AcceptHandlerFactory = std::function<std::unique_ptr<ConnectionHandler>(Co
 
 class Reactor {
  public:
+  // Spare output buffers: from 256 B to 64 KiB of capacity, at most 256 of them (<= 16 MiB).
+  static constexpr size_t kMinSpareOut = 256;
+  static constexpr size_t kMaxSpareOut = 64 << 10;
+  static constexpr size_t kMaxSpareOutCount = 256;
+
   Reactor(int core, ReactorOptions options, CoreMesh* mesh);
   ~Reactor();
   Reactor(const Reactor&) = delete;
@@ -279,6 +286,11 @@ class Reactor {
   uint64_t next_conn_id_ = 1;
   size_t live_connections_ = 0;
   std::vector<Connection*> dirty_;
+  friend class Connection;
+  // Output buffers of finished sends, lent to connections that write again (Connection::out).
+  std::vector<std::string> spare_out_;
+  void LendOutputBuffer(std::string& out);
+  void RecycleOutputBuffer(std::string& buf);
   std::vector<Connection*> all_;  // index = slot; nullptr = free (for shutdown and timers)
   std::vector<uint32_t> free_slots_;
   absl::flat_hash_set<Connection*> zombies_;  // closed, waiting for their last completion

@@ -1,14 +1,16 @@
-// Group commit for one core: everything a reactor writes during one loop iteration goes to
-// disk in one batch, on a thread of its own, so fsync never runs on a reactor thread.
+// Group commit for one core: everything a reactor writes while the previous commit is on its
+// way to disk goes there in one batch, on a thread of its own, so fsync never runs on a
+// reactor thread.
 //
 // Use (reactor thread only):
 //   writer.current().PutMessage(...);            // add operations during the iteration
 //   writer.OnCommit([](const absl::Status& s){...});  // runs once that batch is durable
 //   writer.Poll();                                // once per loop iteration (a reactor poller)
 // Poll first runs the callbacks of finished batches, in submission order, then hands the
-// current batch (if any) to the writer thread. The thread merges batches that queued up while
-// it was busy into one commit. When it has finished a commit it calls `notify` (the reactor's
-// Notify) so that Poll runs soon.
+// current batch (if any) to the writer thread when no commit is in progress: what arrives
+// during a commit gathers in current() and becomes the next commit (a batch past 16 MiB goes
+// without waiting, and the thread merges such queued batches). When it has finished a commit
+// the thread calls `notify` (the reactor's Notify) so that Poll runs soon.
 //
 // Failure: if a commit fails (disk full, I/O error), its callbacks get the error, and so do
 // the callbacks of every batch submitted before Poll reported that failure (they may build on
