@@ -405,37 +405,52 @@ void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
     cs.marker = true;
   }
   stats_.messages_accepted.fetch_add(1, std::memory_order_relaxed);
-  deps_.writer->OnCommit([this, msg = MessagePtr(msg), members = std::move(members), answer,
-                          start_us](const absl::Status& status) mutable {
-    auto it = convs_.find(msg->conv);
-    if (!status.ok()) {
-      // Nothing of this conversation that was not durable survives a failed commit: reload
-      // its sequence from the store next time.
-      if (it != convs_.end()) convs_.erase(it);
-      answer(Failed(absl::UnavailableError("the message could not be stored; try again")));
-      return;
-    }
-    if (it != convs_.end()) {
-      ConvState& cs = *it->second;
-      cs.durable_seq = std::max(cs.durable_seq, msg->seq);
-      for (const std::string& m : members) cs.confirmed.try_emplace(m, msg->seq - 1);
-    }
-    RecordSendLatency(start_us);
-    answer({absl::OkStatus(), msg->conv, msg->seq, msg->ts, false});
-    // One hop per owner, not per member: a 200-member group costs a task per core.
-    absl::flat_hash_map<int, std::vector<std::string>> by_owner;
-    for (const std::string& member : members) {
-      by_owner[deps_.router->CoreOfUser(member)].push_back(member);
-    }
-    for (auto& [owner, list] : by_owner) {
-      deps_.router->SubmitToCore(deps_.core, owner,
-                                 [&target = on(owner), list = std::move(list), msg]() mutable {
-                                   for (std::string& member : list) {
-                                     target.AppendInbox(std::move(member), msg);
-                                   }
-                                 });
-    }
-  });
+  // Fan-out starts once the message is written, before it is durable: every inbox append is
+  // written after it in the node's single log, so the append's own sync makes both durable
+  // (the recipient sees the message after one sync, not two). The sender's ok waits for this
+  // batch's sync.
+  auto shared_members = std::make_shared<const std::vector<std::string>>(std::move(members));
+  deps_.writer->OnWritten(
+      [this, msg = MessagePtr(msg), members = shared_members](const absl::Status& status) {
+        if (!status.ok()) return;  // the OnCommit below reports the failure
+        auto it = convs_.find(msg->conv);
+        if (it != convs_.end()) {
+          for (const std::string& m : *members) it->second->confirmed.try_emplace(m, msg->seq - 1);
+        }
+        // One hop per owner, not per member: a 200-member group costs a task per core.
+        absl::flat_hash_map<int, std::vector<std::string>> by_owner;
+        for (const std::string& member : *members) {
+          by_owner[deps_.router->CoreOfUser(member)].push_back(member);
+        }
+        for (auto& [owner, list] : by_owner) {
+          deps_.router->SubmitToCore(deps_.core, owner,
+                                     [&target = on(owner), list = std::move(list), msg]() mutable {
+                                       for (std::string& member : list) {
+                                         target.AppendInbox(std::move(member), msg);
+                                       }
+                                     });
+        }
+      });
+  deps_.writer->OnCommit(
+      [this, msg = MessagePtr(msg), answer, start_us](const absl::Status& status) mutable {
+        auto it = convs_.find(msg->conv);
+        if (!status.ok()) {
+          // Nothing of this conversation that was not durable survives a failed commit: reload
+          // its sequence from the store next time. (If the write succeeded and only the sync
+          // failed, the message may still become durable; a retry with its cmid then finds it.)
+          if (it != convs_.end()) convs_.erase(it);
+          answer(Failed(absl::UnavailableError("the message could not be stored; try again")));
+          return;
+        }
+        RecordSendLatency(start_us);
+        answer({absl::OkStatus(), msg->conv, msg->seq, msg->ts, false});
+        if (it != convs_.end()) {
+          ConvState& cs = *it->second;
+          cs.durable_seq = std::max(cs.durable_seq, msg->seq);
+          // Members may have confirmed their appends before this sync was reported.
+          MaybeClearFanoutMarker(msg->conv, cs);
+        }
+      });
 }
 
 void EngineShard::AppendInbox(std::string user, MessagePtr msg) {
@@ -522,6 +537,10 @@ void EngineShard::FanoutConfirmed(const std::string& conv, const std::string& me
   ConvState& cs = *it->second;
   auto& confirmed = cs.confirmed[member];
   confirmed = std::max(confirmed, seq);
+  MaybeClearFanoutMarker(conv, cs);
+}
+
+void EngineShard::MaybeClearFanoutMarker(const std::string& conv, ConvState& cs) {
   // The marker can go once every member known to this fan-out has everything durable.
   for (const auto& [m, s] : cs.confirmed) {
     if (s < cs.durable_seq) return;

@@ -23,8 +23,8 @@ constexpr size_t kMaxReusedCapacity = kMaxMergeBytes * 2;
 ShardWriter::ShardWriter(Store& store, std::function<void()> notify)
     : ShardWriter(store, std::move(notify), nullptr) {}
 
-ShardWriter::ShardWriter(Store& store, std::function<void()> notify, WriteFn write)
-    : store_(store), notify_(std::move(notify)), write_(std::move(write)) {
+ShardWriter::ShardWriter(Store& store, std::function<void()> notify, WriteFn write, SyncFn sync)
+    : store_(store), notify_(std::move(notify)), write_(std::move(write)), sync_(std::move(sync)) {
   current_ = store_.NewBatch();
   thread_ = std::thread([this] { ThreadMain(); });
 }
@@ -43,31 +43,61 @@ ShardWriter::~ShardWriter() {
   thread_.join();
 }
 
+void ShardWriter::ReportFailure(uint64_t generation) {
+  if (generation != generation_) return;  // this failure was reported already
+  // The first report of this failure. Whatever is in current_ was added before it was
+  // reported and may build on the failed state: it fails too (the thread fails every job of
+  // this generation without writing it). Later submissions get a new generation.
+  if (!current_.empty() || !current_callbacks_.empty() || !current_written_.empty()) {
+    SubmitCurrent();
+  }
+  ++generation_;
+}
+
 void ShardWriter::Poll() {
-  while (std::optional<std::unique_ptr<Job>> popped = from_thread_.TryPop()) {
-    std::unique_ptr<Job> job = std::move(*popped);
-    if (!job->status.ok() && job->generation == generation_) {
-      // The first report of this failure. Whatever is in current_ was added before it was
-      // reported and may build on the failed state: it fails too (the thread fails every job
-      // of this generation without writing it). Later submissions get a new generation.
-      if (!current_.empty() || !current_callbacks_.empty()) SubmitCurrent();
-      ++generation_;
+  while (std::optional<Result> popped = from_thread_.TryPop()) {
+    if (popped->job == nullptr) {
+      // A sync report: every job up to `through` is durable (or failed to become so).
+      const SyncReport& report = popped->report;
+      if (!report.status.ok()) ReportFailure(report.generation);
+      for (Waiting& w : awaiting_sync_) {
+        if (w.id > report.through) break;
+        if (!w.final) {
+          w.final = true;
+          w.status = report.status;
+        }
+      }
+      continue;
     }
-    std::vector<Callback> callbacks = std::move(waiting_callbacks_.front());
-    waiting_callbacks_.pop_front();
+    std::unique_ptr<Job> job = std::move(popped->job);
+    if (!job->status.ok()) ReportFailure(job->generation);
+    Waiting w = std::move(awaiting_write_.front());
+    awaiting_write_.pop_front();
     --in_flight_;
-    const absl::Status status = std::move(job->status);
+    w.status = std::move(job->status);
+    w.final = !w.status.ok() || !job->needs_sync;
     job->status = absl::OkStatus();
+    job->needs_sync = false;
     if (free_jobs_.size() < kMaxFreeJobs && job->batch.raw() != nullptr &&
         job->batch.raw()->Data().capacity() <= kMaxReusedCapacity) {
       free_jobs_.push_back(std::move(job));
     }
-    for (Callback& cb : callbacks) cb(status);
+    std::vector<Callback> written = std::move(w.written);
+    const absl::Status status = w.status;
+    awaiting_sync_.push_back(std::move(w));
+    for (Callback& cb : written) cb(status);
   }
-  // Group commit: while a commit is on its way to disk, everything new gathers in current_
-  // and goes in the next one (no copying of queued batches into each other). A batch that grew
-  // past kMaxMergeBytes goes anyway, so that one commit's size and latency stay bounded.
-  if ((!current_.empty() || !current_callbacks_.empty()) &&
+  // OnCommit callbacks in submission order: a job whose outcome is known waits for the
+  // durability of those before it.
+  while (!awaiting_sync_.empty() && awaiting_sync_.front().final) {
+    Waiting w = std::move(awaiting_sync_.front());
+    awaiting_sync_.pop_front();
+    for (Callback& cb : w.committed) cb(w.status);
+  }
+  // Group commit: while a batch is being written, everything new gathers in current_ and goes
+  // in the next write (no copying of queued batches into each other). A batch that grew past
+  // kMaxMergeBytes goes anyway, so that one commit's size and latency stay bounded.
+  if ((!current_.empty() || !current_callbacks_.empty() || !current_written_.empty()) &&
       (in_flight_ == 0 || current_.ByteSize() >= kMaxMergeBytes)) {
     SubmitCurrent();
   }
@@ -85,9 +115,15 @@ void ShardWriter::SubmitCurrent() {
   }
   // current_ takes the job's empty (possibly already grown) buffer.
   std::swap(job->batch, current_);
+  job->id = ++next_id_;
   job->generation = generation_;
-  waiting_callbacks_.push_back(std::move(current_callbacks_));
+  Waiting w;
+  w.id = job->id;
+  w.written = std::move(current_written_);
+  w.committed = std::move(current_callbacks_);
+  current_written_.clear();
   current_callbacks_.clear();
+  awaiting_write_.push_back(std::move(w));
   ++in_flight_;
   backlog_.push_back(std::move(job));
 }
@@ -112,10 +148,27 @@ void ShardWriter::Signal() {
 
 void ShardWriter::ThreadMain() {
   std::vector<std::unique_ptr<Job>> jobs;
-  // The newest generation that had a failed commit; its remaining jobs are not written.
+  // The newest generation that had a failed write or sync; its remaining jobs are not written.
   bool failed = false;
   uint64_t failed_generation = 0;
   absl::Status failed_status;
+  // Two phases (write, then sync) only for a synced store and the real write.
+  const bool split = sync_ ? true : !write_ && store_.options().sync;
+
+  auto record = [this](uint64_t us) {
+    stats_.latency_sum_us.fetch_add(us, std::memory_order_relaxed);
+    for (size_t b = 0; b < Stats::kBuckets; ++b) {
+      if (us < Stats::kBucketsUs[b]) stats_.latency_le[b].fetch_add(1, std::memory_order_relaxed);
+    }
+    stats_.latency_le[Stats::kBuckets].fetch_add(1, std::memory_order_relaxed);
+  };
+  auto push = [this](Result result) {
+    // More results than the ring holds: let Poll drain it first.
+    while (!from_thread_.TryPush(result)) {
+      Signal();
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  };
 
   for (;;) {
     const uint64_t seen = submitted_.load(std::memory_order_acquire);
@@ -128,15 +181,20 @@ void ShardWriter::ThreadMain() {
       continue;
     }
 
+    const auto start = std::chrono::steady_clock::now();
+    bool any_write = false;  // one commit: everything written (and synced) this round
+    bool wrote = false;      // something was written unsynced this round
+    uint64_t last_id = 0, last_generation = 0;
     for (size_t i = 0; i < jobs.size();) {
       const uint64_t generation = jobs[i]->generation;
       size_t end = i + 1;
       absl::Status status;
+      bool needs_sync = false;
       if (failed && generation <= failed_generation) {
         while (end < jobs.size() && jobs[end]->generation == generation) ++end;
         status = failed_status;
       } else {
-        // Group commit: consecutive jobs of one generation go to disk together.
+        // Consecutive jobs of one generation go to disk together.
         Batch& merged = jobs[i]->batch;
         while (end < jobs.size() && jobs[end]->generation == generation &&
                merged.ByteSize() < kMaxMergeBytes) {
@@ -144,21 +202,11 @@ void ShardWriter::ThreadMain() {
           ++end;
         }
         if (!merged.empty()) {
-          const auto start = std::chrono::steady_clock::now();
-          status = write_ ? write_(merged) : store_.Write(merged);
-          const uint64_t us =
-              static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
-                                        std::chrono::steady_clock::now() - start)
-                                        .count());
-          stats_.commits.fetch_add(1, std::memory_order_relaxed);
+          status = write_  ? write_(merged)
+                   : split ? store_.WriteUnsynced(merged)
+                           : store_.Write(merged);
+          any_write = true;
           stats_.bytes.fetch_add(merged.ByteSize(), std::memory_order_relaxed);
-          stats_.latency_sum_us.fetch_add(us, std::memory_order_relaxed);
-          for (size_t b = 0; b < Stats::kBuckets; ++b) {
-            if (us < Stats::kBucketsUs[b]) {
-              stats_.latency_le[b].fetch_add(1, std::memory_order_relaxed);
-            }
-          }
-          stats_.latency_le[Stats::kBuckets].fetch_add(1, std::memory_order_relaxed);
           if (!status.ok()) {
             stats_.failures.fetch_add(1, std::memory_order_relaxed);
             failed = true;
@@ -166,24 +214,44 @@ void ShardWriter::ThreadMain() {
             failed_status = status;
           }
         }
+        needs_sync = split && status.ok();
       }
       stats_.batches.fetch_add(end - i, std::memory_order_relaxed);
       for (size_t k = i; k < end; ++k) {
         jobs[k]->status = status;
+        jobs[k]->needs_sync = needs_sync;
         jobs[k]->batch.Clear();
+      }
+      if (needs_sync) {
+        wrote = true;
+        last_id = jobs[end - 1]->id;
+        last_generation = generation;
       }
       i = end;
     }
 
-    for (std::unique_ptr<Job>& job : jobs) {
-      // More results than the ring holds: let Poll drain it first.
-      while (!from_thread_.TryPush(job)) {
-        Signal();
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-      }
-    }
+    // "Written": the reactor may start what depends on these writes' order (not durability).
+    for (std::unique_ptr<Job>& job : jobs) push(Result{std::move(job), {}});
     jobs.clear();
     Signal();
+
+    if (wrote) {
+      absl::Status status = sync_ ? sync_() : store_.SyncLog();
+      if (!status.ok()) {
+        stats_.failures.fetch_add(1, std::memory_order_relaxed);
+        failed = true;
+        failed_generation = std::max(failed_generation, last_generation);
+        failed_status = status;
+      }
+      push(Result{nullptr, SyncReport{last_id, last_generation, std::move(status)}});
+      Signal();
+    }
+    if (any_write) {
+      stats_.commits.fetch_add(1, std::memory_order_relaxed);
+      record(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                       std::chrono::steady_clock::now() - start)
+                                       .count()));
+    }
   }
 }
 

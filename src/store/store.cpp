@@ -459,6 +459,21 @@ Batch Store::NewBatch() {
 }
 
 absl::Status Store::Write(Batch& batch) {
+  return WriteWith(batch, options_.sync);
+}
+
+absl::Status Store::WriteUnsynced(Batch& batch) {
+  return WriteWith(batch, false);
+}
+
+absl::Status Store::SyncLog() {
+  rocksdb::Status s = db_->SyncWAL();
+  // As after a failed write: the next write asks RocksDB to resume first.
+  if (!s.ok()) write_failed_.store(true, std::memory_order_release);
+  return FromRocks(s, "log sync");
+}
+
+absl::Status Store::WriteWith(Batch& batch, bool sync) {
   if (batch.empty()) return absl::OkStatus();
   if (batch.store_ != this) {
     return absl::InvalidArgumentError("store: batch belongs to another store");
@@ -498,7 +513,7 @@ absl::Status Store::Write(Batch& batch) {
     }
   }
   rocksdb::WriteOptions wo;
-  wo.sync = options_.sync;
+  wo.sync = sync;
   rocksdb::Status s = db_->Write(wo, batch.raw());
   if (!s.ok()) write_failed_.store(true, std::memory_order_release);
   return FromRocks(s, "write");

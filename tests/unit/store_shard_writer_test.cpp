@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -16,10 +17,10 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::unique_ptr<Store> OpenStore(const std::string& dir) {
+std::unique_ptr<Store> OpenStore(const std::string& dir, bool sync = false) {
   StoreOptions o;
   o.data_dir = dir;
-  o.sync = false;
+  o.sync = sync;
   o.block_cache_bytes = 8 << 20;
   o.write_buffer_bytes_total = 32 << 20;
   auto s = Store::Open(o);
@@ -299,4 +300,80 @@ TEST_CASE("shard writer destructor commits and completes everything submitted", 
   for (int i = 0; i <= 20; ++i) expected.push_back(i);
   CHECK(order == expected);
   CHECK(store->LastConvSeq("g:team").value() == 21);
+}
+
+TEST_CASE("with synced storage OnWritten runs before OnCommit, each in submission order",
+          "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.path(), /*sync=*/true);
+  Driver d;
+  ShardWriter w(*store, d.notify());
+  std::vector<std::string> log;
+  bool readable_when_written = true;
+  constexpr int kBatches = 60;
+  for (int i = 0; i < kBatches; ++i) {
+    w.current().PutMessage("d:alice:bob", i + 1, Msg(i + 1));
+    w.OnWritten([&, i](const absl::Status& s) {
+      log.push_back((s.ok() ? "w" : "w-err") + std::to_string(i));
+      // Written means readable (not yet durable).
+      auto m = store->GetMessage("d:alice:bob", i + 1);
+      readable_when_written = readable_when_written && m.ok() && m->has_value();
+    });
+    w.OnCommit([&, i](const absl::Status& s) {
+      log.push_back((s.ok() ? "c" : "c-err") + std::to_string(i));
+    });
+    w.Poll();
+    if (i % 7 == 0) std::this_thread::sleep_for(300us);
+  }
+  d.Drain(w);
+  CHECK(readable_when_written);
+  REQUIRE(log.size() == 2 * kBatches);
+  std::vector<std::string> written, committed;
+  for (size_t k = 0; k < log.size(); ++k) {
+    const std::string& e = log[k];
+    if (e[0] == 'w') written.push_back(e);
+    if (e[0] == 'c') {
+      committed.push_back(e);
+      // A batch's OnCommit never precedes its OnWritten.
+      const std::string mine = "w" + e.substr(1);
+      CHECK(std::find(log.begin(), log.begin() + static_cast<std::ptrdiff_t>(k), mine) !=
+            log.begin() + static_cast<std::ptrdiff_t>(k));
+    }
+  }
+  for (int i = 0; i < kBatches; ++i) {
+    CHECK(written[static_cast<size_t>(i)] == "w" + std::to_string(i));
+    CHECK(committed[static_cast<size_t>(i)] == "c" + std::to_string(i));
+  }
+  CHECK(store->LastConvSeq("d:alice:bob").value() == kBatches);
+  CHECK(w.stats().failures.load() == 0);
+}
+
+TEST_CASE("a failed sync fails OnCommit, not OnWritten, and later batches commit", "[store]") {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  Driver d;
+  std::atomic<int> syncs{0};
+  ShardWriter w(
+      *store, d.notify(), [&](Batch& b) { return store->WriteUnsynced(b); },
+      [&]() -> absl::Status {
+        if (syncs.fetch_add(1) == 0) return absl::UnavailableError("injected sync failure");
+        return absl::OkStatus();
+      });
+  std::vector<std::string> log;
+  w.current().PutInbox("bob", 1, InboxRecord{"d:alice:bob", 1, ""});
+  w.OnWritten([&](const absl::Status& s) { log.push_back(s.ok() ? "w1" : "w1-err"); });
+  w.OnCommit([&](const absl::Status& s) { log.push_back(s.ok() ? "c1" : "c1-err"); });
+  w.Poll();
+  d.PollUntil(w, [&] { return log.size() == 2; });
+  CHECK(log == std::vector<std::string>{"w1", "c1-err"});
+  CHECK(w.stats().failures.load() == 1);
+  // Submitted after the failure was reported: attempted normally.
+  w.current().PutInbox("bob", 2, InboxRecord{"d:alice:bob", 2, ""});
+  w.OnWritten([&](const absl::Status& s) { log.push_back(s.ok() ? "w2" : "w2-err"); });
+  w.OnCommit([&](const absl::Status& s) { log.push_back(s.ok() ? "c2" : "c2-err"); });
+  w.Poll();
+  d.Drain(w);
+  CHECK(log == std::vector<std::string>{"w1", "c1-err", "w2", "c2"});
+  CHECK(syncs.load() == 2);
+  CHECK(store->LastInboxSeq("bob").value() == 2);
 }

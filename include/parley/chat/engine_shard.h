@@ -222,6 +222,7 @@ class EngineShard {
   void SequenceDone(const std::string& from, const std::string& cmid, SendResult result);
   void AppendInbox(std::string user, MessagePtr msg);
   void FanoutConfirmed(const std::string& conv, const std::string& member, int64_t seq);
+  void MaybeClearFanoutMarker(const std::string& conv, ConvState& cs);
 
   absl::StatusOr<UserState*> LoadUser(const std::string& user);
   absl::StatusOr<ConvState*> LoadConv(const std::string& conv);

@@ -3,22 +3,34 @@
 // reactor thread.
 //
 // Use (reactor thread only):
-//   writer.current().PutMessage(...);            // add operations during the iteration
-//   writer.OnCommit([](const absl::Status& s){...});  // runs once that batch is durable
-//   writer.Poll();                                // once per loop iteration (a reactor poller)
-// Poll first runs the callbacks of finished batches, in submission order, then hands the
-// current batch (if any) to the writer thread when no commit is in progress: what arrives
-// during a commit gathers in current() and becomes the next commit (a batch past 16 MiB goes
-// without waiting, and the thread merges such queued batches). When it has finished a commit
-// the thread calls `notify` (the reactor's Notify) so that Poll runs soon.
+//   writer.current().PutMessage(...);                  // add operations
+//   writer.OnWritten([](const absl::Status& s){...});  // runs once that batch is written
+//   writer.OnCommit([](const absl::Status& s){...});   // runs once that batch is durable
+//   writer.Poll();                                     // once per loop iteration (a poller)
+// Poll runs the callbacks of finished work, in submission order, then hands the current batch
+// (if any) to the writer thread unless a batch is still being written: what arrives meanwhile
+// gathers in current() and becomes the next write (a batch past 16 MiB goes without waiting,
+// and the thread merges such queued batches). The thread calls `notify` (the reactor's
+// Notify) whenever it has results, so that Poll runs soon.
 //
-// Failure: if a commit fails (disk full, I/O error), its callbacks get the error, and so do
+// Two phases. With synced storage the thread writes a batch without syncing (RocksDB's log and
+// memtables), reports it "written", then syncs the log and reports it durable. OnWritten
+// callbacks run at the first report, OnCommit callbacks at the second. Between the two the data
+// is readable but could still be lost by a crash; but the node has a single log, synced in
+// order, so anything written after it (by any core) is durable only once it is too. That lets
+// the next step of a message (appending it to its recipients' inboxes) start at "written" and
+// need one sync, not two. Without synced storage (and with a substituted WriteFn) the two
+// reports coincide. OnCommit callbacks of consecutive batches run in submission order; so do
+// OnWritten callbacks.
+//
+// Failure: if a write or sync fails (disk full, I/O error), the callbacks of the batches it
+// concerns get the error (an OnWritten callback only if the write itself failed), and so do
 // the callbacks of every batch submitted before Poll reported that failure (they may build on
 // state the failed batch was to persist). Batches submitted after it are attempted normally.
-// "Submitted" counts from the moment an operation enters current(): operations (and OnCommit
-// callbacks) added before Poll runs the failed batch's callbacks fail with it, without being
-// written; those added from then on, including by those callbacks, are attempted normally.
-// Nothing submitted before a failure was reported ever commits after the failed batch.
+// "Submitted" counts from the moment an operation enters current(): operations (and callbacks)
+// added before Poll runs the failed batch's callbacks fail with it, without being written;
+// those added from then on, including by those callbacks, are attempted normally. Nothing
+// submitted before a failure was reported ever commits after the failed batch.
 //
 // Destruction drains: the destructor runs Poll (on the destroying thread) until every
 // submitted batch has completed, so every callback runs exactly once. Callbacks must not call
@@ -44,21 +56,27 @@ class ShardWriter {
  public:
   using Callback = absl::AnyInvocable<void(const absl::Status&)>;
 
-  // Commits a batch; Store::Write by default. Tests substitute it to inject failures.
+  // Commits a batch; Store::Write by default. Tests substitute it to inject failures, alone
+  // (one phase) or with a SyncFn (two phases: the write is unsynced, the sync follows).
   using WriteFn = std::function<absl::Status(Batch&)>;
+  using SyncFn = std::function<absl::Status()>;
 
   ShardWriter(Store& store, std::function<void()> notify);
-  ShardWriter(Store& store, std::function<void()> notify, WriteFn write);
+  ShardWriter(Store& store, std::function<void()> notify, WriteFn write, SyncFn sync = nullptr);
   ~ShardWriter();  // commits what was submitted, then stops the thread
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;
 
   Batch& current() { return current_; }
+  void OnWritten(Callback done) { current_written_.push_back(std::move(done)); }
   void OnCommit(Callback done) { current_callbacks_.push_back(std::move(done)); }
   void Poll();
 
   // True while anything is submitted and not yet completed (for shutdown draining).
-  bool busy() const { return in_flight_ != 0 || !current_.empty() || !current_callbacks_.empty(); }
+  bool busy() const {
+    return in_flight_ != 0 || !awaiting_sync_.empty() || !current_.empty() ||
+           !current_callbacks_.empty() || !current_written_.empty();
+  }
 
   // Figures for /metrics (read from any thread).
   struct Stats {
@@ -79,9 +97,26 @@ class ShardWriter {
  private:
   struct Job {
     Batch batch;
+    uint64_t id = 0;  // submission order, from 1
+    uint64_t generation = 0;
+    absl::Status status;      // of the write
+    bool needs_sync = false;  // written unsynced: durable with a later SyncReport
+  };
+  // Thread -> reactor: every job up to `through` (by id) is durable, or failed with `status`.
+  struct SyncReport {
+    uint64_t through = 0;
     uint64_t generation = 0;
     absl::Status status;
   };
+  // A submitted job's callbacks, on the reactor side.
+  struct Waiting {
+    uint64_t id = 0;
+    std::vector<Callback> written;
+    std::vector<Callback> committed;
+    bool final = false;  // status below is known (no sync to wait for)
+    absl::Status status;
+  };
+  void ReportFailure(uint64_t generation);  // reactor side: first report of a failure
   void ThreadMain();
   void SubmitCurrent();  // seals current_ and its callbacks into a job of generation_
   void FlushBacklog();   // moves backlog_ into to_thread_ as far as it fits, wakes the thread
@@ -90,14 +125,24 @@ class ShardWriter {
   Store& store_;
   std::function<void()> notify_;
   WriteFn write_;
+  SyncFn sync_;
   Batch current_;
   std::vector<Callback> current_callbacks_;
-  std::deque<std::vector<Callback>> waiting_callbacks_;  // per submitted job, in order
-  size_t in_flight_ = 0;
+  std::vector<Callback> current_written_;
+  std::deque<Waiting> awaiting_write_;  // submitted jobs not yet reported written, in order
+  std::deque<Waiting> awaiting_sync_;   // written, OnCommit callbacks not yet run, in order
+  size_t in_flight_ = 0;                // jobs not yet reported written
+  uint64_t next_id_ = 0;
   uint64_t generation_ = 0;  // bumped by Poll when it reports a failure
 
   net::SpscQueue<std::unique_ptr<Job>> to_thread_{1024};
-  net::SpscQueue<std::unique_ptr<Job>> from_thread_{1024};
+  // Thread -> reactor, in order: a written job, or (job null) a sync report. One queue keeps a
+  // report behind the written reports of the jobs it covers.
+  struct Result {
+    std::unique_ptr<Job> job;
+    SyncReport report;
+  };
+  net::SpscQueue<Result> from_thread_{1024};
   std::deque<std::unique_ptr<Job>> backlog_;  // when to_thread_ is full
   std::atomic<uint64_t> submitted_{0};        // futex word the thread waits on
   std::atomic<bool> stop_{false};

@@ -174,6 +174,12 @@ class Store {
   // full, I/O error) RocksDB refuses further writes; the next Write asks it to resume first,
   // at most every 100 ms, so writing recovers by itself once the disk has room again.
   absl::Status Write(Batch& batch);
+  // The two halves of a synced Write, for group commit that wants to act between them:
+  // WriteUnsynced puts the batch in the write-ahead log and the memtables (readable at once,
+  // ordered after everything written before); SyncLog makes everything written so far durable.
+  // There is one log, so the sync of a later write also makes every earlier write durable.
+  absl::Status WriteUnsynced(Batch& batch);
+  absl::Status SyncLog();
 
   // ---- Reads (any thread). Missing entries are nullopt / 0 / empty. ----
   absl::StatusOr<std::optional<DedupeRecord>> GetDedupe(std::string_view sender,
@@ -215,6 +221,7 @@ class Store {
  private:
   friend class Batch;
   explicit Store(StoreOptions options);
+  absl::Status WriteWith(Batch& batch, bool sync);
   StoreOptions options_;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> shards_;
