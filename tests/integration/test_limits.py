@@ -3,6 +3,8 @@
 - limits.max_connections_per_ip: a connection beyond it gets HTTP 503 and is closed; the
   address gets its room back when one of its connections closes.
 - limits.max_connections_per_user: a hello beyond it gets `rate_limited` and close 1008.
+- limits.request_rate_per_sec / request_rate_burst: every request but send, typing and ping has
+  its own per-connection token bucket; beyond it `rate_limited`, past 10x the rate close 4029.
 - Out of descriptors (RLIMIT_NOFILE lowered on the running server with prlimit): new
   connections are refused with 503 instead of hanging, the connections already open keep
   working, and the server accepts again once descriptors are free.
@@ -99,6 +101,60 @@ class PerUserLimitTest(ServerTestCase):
         self.assertEqual(ans["op"], "ok", ans)
 
 
+class RequestRateLimitTest(ServerTestCase):
+    SERVER_KW = {"extra_args": ["--limits.request_rate_per_sec=5",
+                                "--limits.request_rate_burst=5"]}
+
+    async def test_sixth_quick_request_is_rate_limited(self):
+        alice = await self.client(user="alice")
+        bob = await self.client(user="bob")
+        futs = [await alice.request_nowait("convs") for _ in range(6)]
+        answers = await asyncio.wait_for(asyncio.gather(*futs), 10)
+        self.assertEqual([a["op"] for a in answers[:5]], ["ok"] * 5, answers)
+        self.assertEqual((answers[5]["op"], answers[5]["code"]), ("error", "rate_limited"),
+                         answers[5])
+        # Every other op shares the bucket: history, sync, watch, ack, group ops...
+        for op, fields in [("history", {"conv": dconv("alice", "bob")}), ("sync", {}),
+                           ("watch", {"users": ["bob"]}), ("ack", {"inbox": 0}),
+                           ("group_create", {"group": "g1", "users": ["bob"]}), ("groups", {})]:
+            ans = await alice.request(op, **fields)
+            self.assertEqual((ans["op"], ans.get("code")), ("error", "rate_limited"), (op, ans))
+        self.assertFalse(alice.closed)
+        # ping is never limited, and send has its own bucket.
+        for _ in range(20):
+            self.assertEqual((await alice.request("ping"))["op"], "ok")
+        await alice.ok("send", to="bob", cmid="still", body="sends are not capped by it")
+        self.assertEqual((await bob.next_event("msg"))["cmid"], "still")
+        # The limit is per connection: bob's requests are not affected.
+        self.assertEqual((await bob.request("convs"))["op"], "ok")
+        # Tokens come back at 5/s.
+        await asyncio.sleep(1.0)
+        ans = await alice.request("convs")
+        self.assertEqual(ans["op"], "ok", ans)
+        self.assertEqual([c["conv"] for c in ans["convs"]], [dconv("alice", "bob")])
+
+    async def test_flood_closes_4029(self):
+        alice = await self.client(user="alice")
+        sent = 0
+        for i in range(200):
+            try:
+                await alice.send_raw({"op": "convs", "id": 1000 + i})
+            except Exception:
+                break
+            sent += 1
+        code = await alice.wait_closed(timeout=5)
+        self.assertEqual(code, 4029)
+        oks = [e for e in alice.queued("ok")]
+        limited = [e for e in alice.queued("error") if e.get("code") == "rate_limited"]
+        self.assertLessEqual(len(oks), 10, "at most burst + refill were answered")
+        self.assertGreater(len(limited), 0)
+        # 10 x 5/s within one second: the close comes at the 51st request of the window.
+        self.assertLessEqual(len(oks) + len(limited), 50)
+        # Others are not affected.
+        bob = await self.client(user="bob")
+        self.assertEqual((await bob.request("convs"))["op"], "ok")
+
+
 def raw_ws_connect(port, rcvbuf=4096):
     """A WebSocket connection over a plain socket with a small receive buffer, so that a test
     can stop reading and let the server's output pile up."""
@@ -157,8 +213,11 @@ def ws_read_all_frames(sock):
 
 
 class SlowConsumerTest(ServerTestCase):
+    # The catch-up syncs 800 x 12 KB in pages of 32 KiB (hundreds of requests): not capped.
     SERVER_KW = {"extra_args": ["--limits.max_outbound_bytes=65536",
-                                "--limits.rate_per_sec=100000", "--limits.rate_burst=100000"]}
+                                "--limits.rate_per_sec=100000", "--limits.rate_burst=100000",
+                                "--limits.request_rate_per_sec=100000",
+                                "--limits.request_rate_burst=100000"]}
 
     async def test_slow_reader_closed_4008_and_loses_nothing(self):
         bob_raw = await asyncio.to_thread(raw_ws_connect, self.server.port)
