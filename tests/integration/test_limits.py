@@ -5,6 +5,9 @@
 - limits.max_connections_per_user: a hello beyond it gets `rate_limited` and close 1008.
 - limits.request_rate_per_sec / request_rate_burst: every request but send, typing and ping has
   its own per-connection token bucket; beyond it `rate_limited`, past 10x the rate close 4029.
+- limits.max_outbound_total_bytes: past a core's share of the process-wide budget for unsent
+  data, the connection holding the most is closed with 4008, the others keep being served, and
+  the closed one loses nothing (sync).
 - Out of descriptors (RLIMIT_NOFILE lowered on the running server with prlimit): new
   connections are refused with 503 instead of hanging, the connections already open keep
   working, and the server accepts again once descriptors are free.
@@ -20,6 +23,7 @@ import shutil
 import socket
 import struct
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -195,6 +199,11 @@ def ws_read_all_frames(sock):
         if not chunk:
             break
         buf += chunk
+    return parse_frames(buf)
+
+
+def parse_frames(buf):
+    """Complete server frames in `buf`: [(opcode, payload)]."""
     frames, i = [], 0
     while i + 2 <= len(buf):
         op, n = buf[i] & 0x0F, buf[i + 1] & 0x7F
@@ -247,6 +256,115 @@ class SlowConsumerTest(ServerTestCase):
         closes = sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
                      if line.startswith("parley_slow_consumer_closes_total{"))
         self.assertGreaterEqual(closes, 1)
+
+
+def ws_read_frames_for(sock, seconds):
+    """Reads whatever arrives within `seconds` (the connection stays open); returns
+    ([(opcode, payload)], eof)."""
+    buf, eof = b"", False
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            eof = True
+            break
+        buf += chunk
+    return parse_frames(buf), eof
+
+
+def metric_sum(body, name):
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+               if line.startswith(name + "{"))
+
+
+class OutboundBudgetTest(ServerTestCase):
+    # One core, so its share is the whole budget: 1 MiB for all connections together, while one
+    # connection alone may hold 4 MiB (the default max_outbound_bytes).
+    BUDGET = 1 << 20
+    SERVER_KW = {"threads": 1,
+                 "extra_args": [f"--limits.max_outbound_total_bytes={BUDGET}",
+                                "--limits.rate_per_sec=100000", "--limits.rate_burst=100000"]}
+
+    async def metrics(self):
+        status, _, body = await asyncio.to_thread(self.server.http, "GET", "/metrics")
+        self.assertEqual(status, 200)
+        return body
+
+    async def test_largest_reader_closed_4008_others_served_nothing_lost(self):
+        readers = {}
+        for name in ("r1", "r2", "r3"):
+            sock = await asyncio.to_thread(raw_ws_connect, self.server.port)
+            await asyncio.to_thread(ws_send_text, sock, json.dumps(
+                {"op": "hello", "id": 1, "user": name, "device": "slow"}))
+            readers[name] = sock
+        alice = await self.client(user="alice")
+        bob = await self.client(user="bob")
+        pad = "y" * 12000
+        # r1 and r2 hold at most 20 x 12 KB each, well under the budget together ...
+        for name in ("r1", "r2"):
+            for i in range(20):
+                await alice.ok("send", to=name, cmid=f"{name}-{i}", body=f"{i:04d}" + pad)
+        # ... r3 gets 12 KB messages until it is shed: far more than the kernel's socket
+        # buffers take, so its queue goes past the budget and is by far the largest.
+        n3, shed = 0, 0
+        while n3 < 1200 and not shed:
+            for _ in range(25):
+                await alice.ok("send", to="r3", cmid=f"r3-{n3}", body=f"{n3:04d}" + pad)
+                n3 += 1
+            shed = metric_sum(await self.metrics(), "parley_outbound_budget_closes_total")
+        self.assertEqual(shed, 1, "exactly one connection shed")
+        # A few more for r3 after the close: they wait in its inbox.
+        for _ in range(5):
+            await alice.ok("send", to="r3", cmid=f"r3-{n3}", body=f"{n3:04d}" + pad)
+            n3 += 1
+        body = await self.metrics()
+        self.assertEqual(metric_sum(body, "parley_outbound_budget_closes_total"), 1)
+        self.assertEqual(metric_sum(body, "parley_slow_consumer_closes_total"), 0,
+                         "the per-connection limit (4 MiB) was not what closed it")
+        # r3 was told why: its last frame is a close with 4008.
+        frames3 = await asyncio.to_thread(ws_read_all_frames, readers["r3"])
+        readers["r3"].close()
+        self.assertTrue(frames3, "r3 received nothing")
+        op, payload = frames3[-1]
+        self.assertEqual(op, 0x8, "r3's last frame is a close frame")
+        self.assertEqual(struct.unpack("!H", payload[:2])[0], 4008, payload)
+        live3 = [json.loads(p) for o, p in frames3 if o == 0x1]
+        live3 = [m for m in live3 if m.get("op") == "msg"]
+        self.assertLess(len(live3), n3, "r3 was sent everything anyway")
+        # The server keeps serving the others: alice and bob talk, r1 and r2 are still open
+        # and get a new message after everything queued before it.
+        await bob.ok("send", to="alice", cmid="b-after", body="still serving")
+        ev = await alice.next_event("msg", pred=lambda e: e["cmid"] == "b-after")
+        self.assertEqual(ev["body"], "still serving")
+        for name in ("r1", "r2"):
+            await alice.ok("send", to=name, cmid=f"{name}-after", body="after")
+            frames, eof = await asyncio.to_thread(ws_read_frames_for, readers[name], 3.0)
+            self.assertFalse(eof, f"{name} was closed")
+            self.assertNotIn(0x8, [o for o, _ in frames], f"{name} got a close frame")
+            cmids = [json.loads(p).get("cmid") for o, p in frames if o == 0x1]
+            self.assertEqual([c for c in cmids if c],
+                             [f"{name}-{i}" for i in range(20)] + [f"{name}-after"])
+        # r3 reconnects and syncs from the last inbox entry it saw live: every message exactly
+        # once, in order.
+        since = live3[-1]["inbox"] if live3 else 0
+        r3 = await self.client(user="r3", device="slow")
+        await r3.settle(n3)
+        synced, inbox_seq = await r3.sync_all(since=since)
+        self.assertEqual(inbox_seq, n3)
+        got = [m["cmid"] for m in live3] + [e["cmid"] for e in synced]
+        self.assertEqual(got, [f"r3-{i}" for i in range(n3)])
+        # Once the readers are gone, the core's count of unsent bytes returns to zero.
+        for name in ("r1", "r2"):
+            readers[name].close()
+        for _ in range(100):
+            if metric_sum(await self.metrics(), "parley_outbound_bytes") == 0:
+                break
+            await asyncio.sleep(0.05)
+        self.assertEqual(metric_sum(await self.metrics(), "parley_outbound_bytes"), 0)
 
 
 NOFILE = 200
