@@ -255,6 +255,16 @@ void Server::AppendEngineMetrics(std::string* out) {
   absl::StrAppend(out, "# HELP parley_storage_memtable_bytes RocksDB memtables.\n",
                   "# TYPE parley_storage_memtable_bytes gauge\nparley_storage_memtable_bytes ",
                   st.memtable_bytes, "\n");
+  absl::StrAppend(out,
+                  "# HELP parley_storage_disk_free_bytes Free space on the data volume (measured "
+                  "at most every 100 ms).\n",
+                  "# TYPE parley_storage_disk_free_bytes gauge\nparley_storage_disk_free_bytes ",
+                  st.disk_free_bytes, "\n");
+  absl::StrAppend(out,
+                  "# HELP parley_storage_writes_refused 1 while the store refuses writes (free "
+                  "space below storage.min_free_bytes, or recovering from a failed write).\n",
+                  "# TYPE parley_storage_writes_refused gauge\nparley_storage_writes_refused ",
+                  st.writes_refused ? 1 : 0, "\n");
 }
 
 void Server::Stop(int64_t grace_ms) {

@@ -453,6 +453,18 @@ Batch Store::NewBatch() {
   return b;
 }
 
+uint64_t Store::FreeBytes(int64_t now_ms) {
+  if (now_ms - free_checked_ms_.load(std::memory_order_relaxed) >= 100) {
+    struct statvfs vfs {};
+    if (::statvfs(options_.data_dir.c_str(), &vfs) == 0) {
+      free_bytes_.store(static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize,
+                        std::memory_order_relaxed);
+    }
+    free_checked_ms_.store(now_ms, std::memory_order_relaxed);
+  }
+  return free_bytes_.load(std::memory_order_relaxed);
+}
+
 absl::Status Store::Write(Batch& batch) {
   if (batch.empty()) return absl::OkStatus();
   if (batch.store_ != this) {
@@ -464,15 +476,7 @@ absl::Status Store::Write(Batch& batch) {
   if (options_.min_free_bytes != 0) {
     // A full disk is refused here, before RocksDB meets ENOSPC: a failed WAL write leaves
     // RocksDB needing a resume, and some versions abort on the next write to that log.
-    if (now_ms - free_checked_ms_.load(std::memory_order_relaxed) >= 100) {
-      struct statvfs vfs {};
-      if (::statvfs(options_.data_dir.c_str(), &vfs) == 0) {
-        free_bytes_.store(static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize,
-                          std::memory_order_relaxed);
-      }
-      free_checked_ms_.store(now_ms, std::memory_order_relaxed);
-    }
-    const uint64_t free = free_bytes_.load(std::memory_order_relaxed);
+    const uint64_t free = FreeBytes(now_ms);
     if (free < options_.min_free_bytes) {
       return absl::UnavailableError(absl::StrCat("store: ", free,
                                                  " bytes free on the data volume, below "
@@ -726,6 +730,13 @@ Store::Stats Store::GetStats() {
     st.pending_compaction_bytes = v;
   }
   st.block_cache_bytes = impl_->cache->GetUsage();
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now().time_since_epoch())
+                             .count();
+  st.disk_free_bytes = FreeBytes(now_ms);
+  st.writes_refused =
+      (options_.min_free_bytes != 0 && st.disk_free_bytes < options_.min_free_bytes) ||
+      write_failed_.load(std::memory_order_acquire);
   return st;
 }
 
