@@ -23,7 +23,6 @@ import shutil
 import socket
 import struct
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -139,17 +138,9 @@ class RequestRateLimitTest(ServerTestCase):
 
     async def test_flood_closes_4029(self):
         alice = await self.client(user="alice")
-        sent = 0
-        for i in range(200):
-            try:
-                await alice.send_raw({"op": "convs", "id": 1000 + i})
-            except Exception:
-                break
-            sent += 1
-        code = await alice.wait_closed(timeout=5)
+        code, oks, limited = await alice.flood({"op": "convs", "id": 1000 + i}
+                                               for i in range(200))
         self.assertEqual(code, 4029)
-        oks = [e for e in alice.queued("ok")]
-        limited = [e for e in alice.queued("error") if e.get("code") == "rate_limited"]
         self.assertLessEqual(len(oks), 10, "at most burst + refill were answered")
         self.assertGreater(len(limited), 0)
         # 10 x 5/s within one second: the close comes at the 51st request of the window.
@@ -187,19 +178,26 @@ def ws_send_text(sock, text):
     sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
 
 
-def ws_read_all_frames(sock):
-    """Reads to EOF; returns [(opcode, payload)]."""
-    buf = b""
-    sock.settimeout(10)
+def ws_read_frames(sock, idle=10.0):
+    """Reads until EOF, or until nothing arrived for `idle` seconds; returns
+    ([(opcode, payload)], eof)."""
+    buf, eof = b"", False
+    sock.settimeout(idle)
     while True:
         try:
             chunk = sock.recv(65536)
         except TimeoutError:
-            break  # the server never closed: the caller finds no close frame
+            break  # still open: the caller finds no close frame
         if not chunk:
+            eof = True
             break
         buf += chunk
-    return parse_frames(buf)
+    return parse_frames(buf), eof
+
+
+def ws_read_all_frames(sock):
+    """Reads to EOF (or 10 s of silence); returns [(opcode, payload)]."""
+    return ws_read_frames(sock)[0]
 
 
 def parse_frames(buf):
@@ -221,6 +219,19 @@ def parse_frames(buf):
     return frames
 
 
+async def live_msgs_then_close(test, sock, code):
+    """Reads `sock` to EOF and closes it; the last frame must be a close with `code`. Returns
+    the msg events that arrived before it."""
+    frames = await asyncio.to_thread(ws_read_all_frames, sock)
+    sock.close()
+    test.assertTrue(frames, "nothing received")
+    op, payload = frames[-1]
+    test.assertEqual(op, 0x8, "the last frame is a close frame")
+    test.assertEqual(struct.unpack("!H", payload[:2])[0], code, payload)
+    events = [json.loads(p) for o, p in frames if o == 0x1]
+    return [m for m in events if m.get("op") == "msg"]
+
+
 class SlowConsumerTest(ServerTestCase):
     # The catch-up syncs 800 x 12 KB in pages of 32 KiB (hundreds of requests): not capped.
     SERVER_KW = {"extra_args": ["--limits.max_outbound_bytes=65536",
@@ -237,14 +248,7 @@ class SlowConsumerTest(ServerTestCase):
         n = 800
         for i in range(n):
             await alice.ok("send", to="bob", cmid=f"m{i}", body=f"{i:04d}" + "y" * 12000)
-        frames = await asyncio.to_thread(ws_read_all_frames, bob_raw)
-        bob_raw.close()
-        self.assertTrue(frames, "nothing received")
-        op, payload = frames[-1]
-        self.assertEqual(op, 0x8, "the last frame is a close frame")
-        self.assertEqual(struct.unpack("!H", payload[:2])[0], 4008, payload)
-        got_live = [json.loads(p) for o, p in frames if o == 0x1]
-        live_msgs = [m for m in got_live if m.get("op") == "msg"]
+        live_msgs = await live_msgs_then_close(self, bob_raw, 4008)
         self.assertLess(len(live_msgs), n, "the slow reader was sent everything anyway")
         # Nothing is lost: a new connection syncs every message, in order, once.
         bob = await self.client(user="bob", device="slow")
@@ -256,24 +260,6 @@ class SlowConsumerTest(ServerTestCase):
         closes = sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
                      if line.startswith("parley_slow_consumer_closes_total{"))
         self.assertGreaterEqual(closes, 1)
-
-
-def ws_read_frames_for(sock, seconds):
-    """Reads whatever arrives within `seconds` (the connection stays open); returns
-    ([(opcode, payload)], eof)."""
-    buf, eof = b"", False
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            break
-        if not chunk:
-            eof = True
-            break
-        buf += chunk
-    return parse_frames(buf), eof
 
 
 def metric_sum(body, name):
@@ -326,14 +312,7 @@ class OutboundBudgetTest(ServerTestCase):
         self.assertEqual(metric_sum(body, "parley_slow_consumer_closes_total"), 0,
                          "the per-connection limit (4 MiB) was not what closed it")
         # r3 was told why: its last frame is a close with 4008.
-        frames3 = await asyncio.to_thread(ws_read_all_frames, readers["r3"])
-        readers["r3"].close()
-        self.assertTrue(frames3, "r3 received nothing")
-        op, payload = frames3[-1]
-        self.assertEqual(op, 0x8, "r3's last frame is a close frame")
-        self.assertEqual(struct.unpack("!H", payload[:2])[0], 4008, payload)
-        live3 = [json.loads(p) for o, p in frames3 if o == 0x1]
-        live3 = [m for m in live3 if m.get("op") == "msg"]
+        live3 = await live_msgs_then_close(self, readers["r3"], 4008)
         self.assertLess(len(live3), n3, "r3 was sent everything anyway")
         # The server keeps serving the others: alice and bob talk, r1 and r2 are still open
         # and get a new message after everything queued before it.
@@ -342,7 +321,7 @@ class OutboundBudgetTest(ServerTestCase):
         self.assertEqual(ev["body"], "still serving")
         for name in ("r1", "r2"):
             await alice.ok("send", to=name, cmid=f"{name}-after", body="after")
-            frames, eof = await asyncio.to_thread(ws_read_frames_for, readers[name], 3.0)
+            frames, eof = await asyncio.to_thread(ws_read_frames, readers[name], 2.0)
             self.assertFalse(eof, f"{name} was closed")
             self.assertNotIn(0x8, [o for o, _ in frames], f"{name} got a close frame")
             cmids = [json.loads(p).get("cmid") for o, p in frames if o == 0x1]

@@ -4,8 +4,8 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <chrono>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
@@ -96,19 +96,25 @@ struct Cluster {
   std::atomic<bool> init_failed{false};
 };
 
-}  // namespace
-
-TEST_CASE("reactor accepts, echoes and closes after flushing", "[net]") {
+// Starts a one-core `cluster` serving a new loopback listener with `Handler`s; returns the port.
+template <typename Handler>
+uint16_t StartServing(Cluster& cluster) {
   auto fd = OpenListener("127.0.0.1", 0, true);
   REQUIRE(fd.ok());
   auto port = BoundPort(*fd);
   REQUIRE(port.ok());
-  Cluster cluster(1);
   int listen_fd = *fd;
   cluster.Start([listen_fd](Reactor& r) {
-    r.Listen(listen_fd, [](Connection&) { return std::make_unique<EchoHandler>(); });
+    r.Listen(listen_fd, [](Connection&) { return std::make_unique<Handler>(); });
   });
-  int c = ConnectTo(*port);
+  return *port;
+}
+
+}  // namespace
+
+TEST_CASE("reactor accepts, echoes and closes after flushing", "[net]") {
+  Cluster cluster(1);
+  int c = ConnectTo(StartServing<EchoHandler>(cluster));
   const std::string big(300000, 'x');  // larger than one provided buffer and one send
   REQUIRE(write(c, "hello", 5) == 5);
   CHECK(ReadExactly(c, 5) == "hello");
@@ -266,20 +272,13 @@ class BulkHandler : public ConnectionHandler {
 }  // namespace
 
 TEST_CASE("over the output budget the connection holding the most is shed", "[net]") {
-  auto fd = OpenListener("127.0.0.1", 0, true);
-  REQUIRE(fd.ok());
-  auto port = BoundPort(*fd);
-  REQUIRE(port.ok());
   ReactorOptions options;
   options.max_output_bytes = 8u << 20;
   Cluster cluster(1, options);
-  int listen_fd = *fd;
-  cluster.Start([listen_fd](Reactor& r) {
-    r.Listen(listen_fd, [](Connection&) { return std::make_unique<BulkHandler>(); });
-  });
+  const uint16_t port = StartServing<BulkHandler>(cluster);
   Reactor& reactor = *cluster.reactors[0];
-  int small = ConnectTo(*port);
-  int big = ConnectTo(*port);
+  int small = ConnectTo(port);
+  int big = ConnectTo(port);
   REQUIRE(write(small, "b", 1) == 1);
   REQUIRE(write(big, "B", 1) == 1);
   // The 16 MiB queue alone is past the 8 MiB budget: it is cut off; the 512 KiB one is not.
