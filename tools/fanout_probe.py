@@ -199,6 +199,8 @@ def main():
             os.environ["PARLEY_BIN"] = args.bin
         from pg_harness import Server
         server = Server(["--limits.rate_per_sec=100000", "--limits.rate_burst=100000",
+                         "--limits.request_rate_per_sec=100000",
+                         "--limits.request_rate_burst=100000",
                          f"--limits.max_group_size={max(200, args.members)}"],
                         threads=args.threads).start()
         url = server.url

@@ -657,7 +657,13 @@ absl::Status EngineShard::Sync(Device& device, int64_t id, int64_t since, int64_
 }
 
 size_t EngineShard::ReplyBudget() const {
-  return std::max<size_t>(deps_.config->limits.max_outbound_bytes / 2, 1);
+  size_t budget = deps_.config->limits.max_outbound_bytes / 2;
+  // Nor may it take more than a quarter of the core's share of the process-wide budget, or a
+  // catching-up client would itself be shed as the core's largest queue.
+  const uint64_t total = deps_.config->limits.max_outbound_total_bytes;
+  const size_t cores = deps_.all != nullptr && !deps_.all->empty() ? deps_.all->size() : 1;
+  if (total != 0) budget = std::min<size_t>(budget, total / cores / 4);
+  return std::max<size_t>(budget, 1);
 }
 
 absl::Status EngineShard::History(const std::string& user, int64_t id, std::string_view conv,

@@ -100,11 +100,15 @@ constexpr Field kFields[] = {
     PARLEY_FIELD(limits, max_body_bytes, "largest send.body"),
     PARLEY_FIELD(limits, max_meta_bytes, "largest send.meta, serialised"),
     PARLEY_FIELD(limits, max_outbound_bytes, "unsent bytes per connection before close 4008"),
+    PARLEY_FIELD(limits, max_outbound_total_bytes,
+                 "unsent bytes of all connections (split per core), 0 = no limit"),
     PARLEY_FIELD(limits, max_header_bytes, "largest HTTP request head"),
     PARLEY_FIELD(limits, handshake_timeout_ms, "time allowed for the HTTP head and upgrade"),
     PARLEY_FIELD(limits, heartbeat_ms, "expected client activity interval"),
     PARLEY_FIELD(limits, rate_per_sec, "send + typing rate per connection"),
     PARLEY_FIELD(limits, rate_burst, "send + typing burst per connection"),
+    PARLEY_FIELD(limits, request_rate_per_sec, "rate of other requests (not ping) per connection"),
+    PARLEY_FIELD(limits, request_rate_burst, "burst of other requests (not ping) per connection"),
     PARLEY_FIELD(limits, max_watch, "presence watch list size per connection"),
     PARLEY_FIELD(limits, max_group_size, "members per group"),
     PARLEY_FIELD(limits, max_connections, "connections per process"),
@@ -123,10 +127,11 @@ constexpr std::string_view kSections[] = {"server", "storage", "auth", "limits",
   [[maybe_unused]] auto& [s1, s2, s3] = c.server;
   [[maybe_unused]] auto& [st1, st2, st3] = c.storage;
   [[maybe_unused]] auto& [a1, a2, a3, a4] = c.auth;
-  [[maybe_unused]] auto& [l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14] = c.limits;
+  [[maybe_unused]] auto& [l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15, l16,
+                          l17] = c.limits;
   [[maybe_unused]] auto& [d1] = c.debug;
 }
-static_assert(std::size(kFields) == 3 + 3 + 4 + 14 + 1);
+static_assert(std::size(kFields) == 3 + 3 + 4 + 17 + 1);
 
 std::string DottedName(const Field& f) {
   return Cat(f.section, ".", f.key);
@@ -635,7 +640,9 @@ absl::Status ValidateConfig(const Config& c) {
   positive("max_connections", c.limits.max_connections);
   positive("max_connections_per_user", c.limits.max_connections_per_user);
   for (auto [name, v] : {std::pair<std::string_view, double>{"rate_per_sec", c.limits.rate_per_sec},
-                         {"rate_burst", c.limits.rate_burst}}) {
+                         {"rate_burst", c.limits.rate_burst},
+                         {"request_rate_per_sec", c.limits.request_rate_per_sec},
+                         {"request_rate_burst", c.limits.request_rate_burst}}) {
     if (!std::isfinite(v) || !(v > 0)) {
       problems.push_back(Cat("limits.", name, " = ", v, ": must be a finite number > 0"));
     }

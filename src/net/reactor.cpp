@@ -33,6 +33,9 @@ constexpr int64_t kAcceptRetryMs = 100;
 void ConnectionHandler::OnShutdown(Connection& conn) {
   conn.CloseAfterFlush();
 }
+void ConnectionHandler::OnOutputBudget(Connection& conn) {
+  conn.Abort();
+}
 
 std::string& Connection::out() {
   if (out_.empty() && out_.capacity() < Reactor::kMinSpareOut) reactor_->LendOutputBuffer(out_);
@@ -219,6 +222,7 @@ void Reactor::WakeFrom(Reactor& source) {
 }
 
 void Reactor::MarkDirty(Connection* conn) {
+  Account(conn);
   if (conn->dirty_ || conn->closed_) return;
   conn->dirty_ = true;
   dirty_.push_back(conn);
@@ -226,6 +230,7 @@ void Reactor::MarkDirty(Connection* conn) {
 
 void Reactor::RequestClose(Connection* conn, bool abort) {
   if (conn->closed_) return;
+  Account(conn);
   if (abort) {
     conn->out_.clear();
     CloseNow(conn);
@@ -504,6 +509,7 @@ void Reactor::FinishDetach(Connection* conn) {
   socket.fd = conn->fd_;
   socket.input = std::move(conn->in_);
   socket.output = std::move(conn->out_);
+  SetAccounted(conn, 0);  // the output is the adopting reactor's now
   all_[conn->slot_] = nullptr;
   free_slots_.push_back(conn->slot_);
   --live_connections_;
@@ -603,7 +609,65 @@ void Reactor::RecycleBuffer(uint16_t bid) {
   ++buf_pending_returns_;
 }
 
+void Reactor::SetAccounted(Connection* conn, size_t bytes) {
+  if (bytes == conn->accounted_output_) return;
+  // Single writer: a load and a store, no read-modify-write on the hot path.
+  output_bytes_.store(
+      output_bytes_.load(std::memory_order_relaxed) + bytes - conn->accounted_output_,
+      std::memory_order_relaxed);
+  conn->accounted_output_ = bytes;
+}
+
+void Reactor::Account(Connection* conn) {
+  SetAccounted(conn, conn->closed_ ? 0 : conn->PendingOutput());
+}
+
+void Reactor::ShedOutput() {
+  const uint64_t budget = options_.max_output_bytes;
+  const uint64_t total = output_bytes();
+  // What an earlier pass shed is still on its way out: look again at once only if the total
+  // grew past that pass, else once per tick.
+  if (total <= shed_pass_total_ && now_ms_ < shed_pass_ms_ + options_.tick_ms) return;
+  shed_pass_total_ = total;
+  shed_pass_ms_ = now_ms_;
+  // Connections already closing release their bytes by themselves (sent, or cut off at their
+  // deadline); shedding others would not make that sooner.
+  uint64_t remaining = total;
+  std::vector<std::pair<size_t, Connection*>> candidates;
+  for (Connection* conn : all_) {
+    if (conn == nullptr || conn->closed_ || conn->accounted_output_ == 0) continue;
+    if (conn->closing_) {
+      remaining -= conn->accounted_output_;
+    } else if (!conn->detaching_) {
+      candidates.emplace_back(conn->accounted_output_, conn);
+    }
+  }
+  std::sort(candidates.begin(), candidates.end(), std::greater<>());
+  for (auto [bytes, conn] : candidates) {
+    if (remaining <= budget) break;
+    remaining -= bytes;
+    shed_.fetch_add(1, std::memory_order_relaxed);
+    const bool was_in_callback = conn->in_callback_;
+    conn->in_callback_ = true;
+    conn->handler_->OnOutputBudget(*conn);
+    conn->in_callback_ = was_in_callback;
+    if (!conn->closed_) {
+      if (!conn->closing_) conn->CloseAfterFlush();
+      conn->SetDeadline(now_ms_ + Connection::kShedLingerMs);
+    }
+    if (!was_in_callback) conn->retired_handler_.reset();
+    MaybeFree(conn);
+  }
+}
+
 void Reactor::FlushDirty() {
+  if (options_.max_output_bytes != 0) {
+    if (output_bytes() > options_.max_output_bytes) {
+      ShedOutput();
+    } else {
+      shed_pass_total_ = 0;
+    }
+  }
   // Handlers may write to other connections while we flush; iterate by index.
   for (size_t i = 0; i < dirty_.size(); ++i) {
     Connection* conn = dirty_[i];
@@ -667,6 +731,7 @@ void Reactor::OnSend(Connection* conn, int res) {
     return;
   }
   conn->inflight_sent_ += static_cast<size_t>(res);
+  Account(conn);
   if (conn->inflight_sent_ < conn->inflight_.size()) {
     // Short send: finish this buffer first, so out_ always starts on a message boundary.
     io_uring_sqe* sqe = GetSqe();
@@ -745,6 +810,7 @@ void Reactor::CloseNow(Connection* conn) {
   if (conn->closed_) return;
   conn->closed_ = true;
   conn->closing_ = true;
+  Account(conn);
   if (conn->recv_armed_) {
     io_uring_sqe* sqe = GetSqe();
     io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(conn) | kTagRecv, 0);

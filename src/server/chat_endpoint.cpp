@@ -191,32 +191,53 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     });
   }
 
-  bool AllowRate(WsSession& ws) {
-    const double rate = ctx_.config->limits.rate_per_sec;
-    const double burst = ctx_.config->limits.rate_burst;
+  // A token bucket of `rate` per second and `burst` tokens, plus a one-second abuse window:
+  // more than 10 x the rate within one second closes the connection with 4029.
+  struct RateBucket {
+    double tokens = 0;
+    int64_t time = 0;  // last refill; 0 = not used yet
+    int64_t window_start = 0;
+    int64_t window_count = 0;
+  };
+
+  bool AllowRate(WsSession& ws, RateBucket& b, double rate, double burst) {
     const int64_t now = ctx_.reactor->now_ms();
-    if (bucket_time_ == 0) {
-      tokens_ = burst;
-      bucket_time_ = now;
+    if (b.time == 0) {
+      b.tokens = burst;
+      b.time = now;
     }
-    tokens_ = std::min(burst, tokens_ + (now - bucket_time_) * rate / 1000.0);
-    bucket_time_ = now;
-    // Abuse: more than 10 x the rate within one second closes the connection.
-    if (now - window_start_ >= 1000) {
-      window_start_ = now;
-      window_count_ = 0;
+    b.tokens = std::min(burst, b.tokens + (now - b.time) * rate / 1000.0);
+    b.time = now;
+    if (now - b.window_start >= 1000) {
+      b.window_start = now;
+      b.window_count = 0;
     }
-    if (++window_count_ > 10 * rate) {
+    if (++b.window_count > 10 * rate) {
       ws.Close(4029, "rate limit abused");
       return false;
     }
-    if (tokens_ < 1.0) return false;
-    tokens_ -= 1.0;
+    if (b.tokens < 1.0) return false;
+    b.tokens -= 1.0;
     return true;
+  }
+  // send + typing: the requests that reach other users.
+  bool AllowMessage(WsSession& ws) {
+    return AllowRate(ws, message_bucket_, ctx_.config->limits.rate_per_sec,
+                     ctx_.config->limits.rate_burst);
+  }
+  // Every other request but ping: each costs a store read or engine work.
+  bool AllowRequest(WsSession& ws) {
+    return AllowRate(ws, request_bucket_, ctx_.config->limits.request_rate_per_sec,
+                     ctx_.config->limits.request_rate_burst);
   }
 
   void Dispatch(WsSession& ws, const proto::Request& req) {
     chat::EngineShard& engine = *ctx_.engine;
+    if (req.op != proto::Op::kPing && req.op != proto::Op::kSend && req.op != proto::Op::kTyping &&
+        !AllowRequest(ws)) {
+      if (!ws.closing()) SendError(req.id, "rate_limited", "too many requests; slow down");
+      return;
+    }
     switch (req.op) {
       case proto::Op::kPing:
         if (req.id >= 0) {
@@ -228,7 +249,7 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
       case proto::Op::kHello:
         return SendError(req.id, "bad_request", "already authenticated");
       case proto::Op::kSend: {
-        if (!AllowRate(ws)) {
+        if (!AllowMessage(ws)) {
           if (!ws.closing()) SendError(req.id, "rate_limited", "too many messages; slow down");
           return;
         }
@@ -288,7 +309,7 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
         return;
       }
       case proto::Op::kTyping:
-        if (!AllowRate(ws)) {
+        if (!AllowMessage(ws)) {
           if (!ws.closing()) SendError(req.id, "rate_limited", "too many requests; slow down");
           return;
         }
@@ -388,11 +409,8 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
   uint64_t session_id_ = 0;
   bool attached_ = false;
   int64_t delivered_upto_ = 0;  // newest inbox number this connection has been sent
-  // Rate limit (send + typing): token bucket plus a one-second abuse window.
-  double tokens_ = 0;
-  int64_t bucket_time_ = 0;
-  int64_t window_start_ = 0;
-  int64_t window_count_ = 0;
+  RateBucket message_bucket_;   // send + typing
+  RateBucket request_bucket_;   // every other request but ping
 };
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "absl/strings/numbers.h"
@@ -88,6 +89,8 @@ absl::Status Server::Start() {
     };
     options.max_connections = share(config_.limits.max_connections);
     options.max_connections_per_address = share(config_.limits.max_connections_per_ip);
+    const uint64_t total_out = config_.limits.max_outbound_total_bytes;
+    options.max_output_bytes = total_out == 0 ? 0 : std::max<uint64_t>(1, total_out / threads_);
     reactors_.push_back(std::make_unique<net::Reactor>(i, options, mesh_.get()));
     net::Reactor* reactor = reactors_.back().get();
     mesh_->Attach(i, reactor);
@@ -195,6 +198,14 @@ void Server::AppendEngineMetrics(std::string* out) {
   family("parley_connections_refused_total", "counter",
          "Connections answered 503 and closed (connection limits, out of descriptors).",
          [this](E& e, W&) { return reactors_[e.core()]->refused_count(); });
+  family("parley_outbound_bytes", "gauge",
+         "Unsent outbound bytes queued on the core's connections (budget: the core's share of "
+         "limits.max_outbound_total_bytes).",
+         [this](E& e, W&) { return reactors_[e.core()]->output_bytes(); });
+  family("parley_outbound_budget_closes_total", "counter",
+         "Connections closed (4008) because the core's connections held more unsent data than "
+         "its share of limits.max_outbound_total_bytes.",
+         [this](E& e, W&) { return reactors_[e.core()]->shed_count(); });
   family("parley_mesh_overflow_total", "counter", "Cross-core tasks that found a full queue.",
          [this](E& e, W&) { return mesh_->overflowed(e.core()); });
 
@@ -244,6 +255,16 @@ void Server::AppendEngineMetrics(std::string* out) {
   absl::StrAppend(out, "# HELP parley_storage_memtable_bytes RocksDB memtables.\n",
                   "# TYPE parley_storage_memtable_bytes gauge\nparley_storage_memtable_bytes ",
                   st.memtable_bytes, "\n");
+  absl::StrAppend(out,
+                  "# HELP parley_storage_disk_free_bytes Free space on the data volume (measured "
+                  "at most every 100 ms).\n",
+                  "# TYPE parley_storage_disk_free_bytes gauge\nparley_storage_disk_free_bytes ",
+                  st.disk_free_bytes, "\n");
+  absl::StrAppend(out,
+                  "# HELP parley_storage_writes_refused 1 while the store refuses writes (free "
+                  "space below storage.min_free_bytes, or recovering from a failed write).\n",
+                  "# TYPE parley_storage_writes_refused gauge\nparley_storage_writes_refused ",
+                  st.writes_refused ? 1 : 0, "\n");
 }
 
 void Server::Stop(int64_t grace_ms) {

@@ -184,6 +184,14 @@ void WsSession::OnShutdown(net::Connection&) {
   Close(ws::close_code::kGoingAway, "server shutting down");
 }
 
+void WsSession::OnOutputBudget(net::Connection&) {
+  // The core's connections hold more unsent data than its share of the process-wide budget,
+  // and this one the most: as for a slow consumer, drop its output and close. Its events stay
+  // in the inbox for the next sync.
+  conn_.out().clear();
+  Close(4008, "slow consumer: server outbound budget exceeded");
+}
+
 void WsSession::OnClosed(net::Connection&) {
   NotifyClosing();
   if (endpoint_ != nullptr) endpoint_->OnClosed(*this);

@@ -458,6 +458,18 @@ Batch Store::NewBatch() {
   return b;
 }
 
+uint64_t Store::FreeBytes(int64_t now_ms) {
+  if (now_ms - free_checked_ms_.load(std::memory_order_relaxed) >= 100) {
+    struct statvfs vfs {};
+    if (::statvfs(options_.data_dir.c_str(), &vfs) == 0) {
+      free_bytes_.store(static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize,
+                        std::memory_order_relaxed);
+    }
+    free_checked_ms_.store(now_ms, std::memory_order_relaxed);
+  }
+  return free_bytes_.load(std::memory_order_relaxed);
+}
+
 absl::Status Store::Write(Batch& batch) {
   return WriteWith(batch, options_.sync);
 }
@@ -484,15 +496,7 @@ absl::Status Store::WriteWith(Batch& batch, bool sync) {
   if (options_.min_free_bytes != 0) {
     // A full disk is refused here, before RocksDB meets ENOSPC: a failed WAL write leaves
     // RocksDB needing a resume, and some versions abort on the next write to that log.
-    if (now_ms - free_checked_ms_.load(std::memory_order_relaxed) >= 100) {
-      struct statvfs vfs {};
-      if (::statvfs(options_.data_dir.c_str(), &vfs) == 0) {
-        free_bytes_.store(static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize,
-                          std::memory_order_relaxed);
-      }
-      free_checked_ms_.store(now_ms, std::memory_order_relaxed);
-    }
-    const uint64_t free = free_bytes_.load(std::memory_order_relaxed);
+    const uint64_t free = FreeBytes(now_ms);
     if (free < options_.min_free_bytes) {
       return absl::UnavailableError(absl::StrCat("store: ", free,
                                                  " bytes free on the data volume, below "
@@ -562,6 +566,27 @@ absl::StatusOr<int64_t> SeqOf(const rocksdb::Slice& key, size_t prefix_size, cha
 
 std::string_view View(const rocksdb::Slice& s) {
   return std::string_view(s.data(), s.size());
+}
+
+// Calls `fn(key, value)` for every record of type `type` (the key's first byte) in every shard
+// column family, in key order within a shard; stops at the first error.
+template <typename Fn>
+absl::Status ScanEveryShard(rocksdb::DB& db,
+                            const std::vector<rocksdb::ColumnFamilyHandle*>& shards, char type,
+                            const char* what, Fn fn) {
+  const std::string lower(1, type);
+  const std::string upper(1, static_cast<char>(type + 1));
+  for (rocksdb::ColumnFamilyHandle* cf : shards) {
+    rocksdb::ReadOptions ro;
+    rocksdb::Slice upper_s(upper);
+    ro.iterate_upper_bound = &upper_s;
+    std::unique_ptr<rocksdb::Iterator> it(db.NewIterator(ro, cf));
+    for (it->Seek(lower); it->Valid(); it->Next()) {
+      if (absl::Status s = fn(View(it->key()), View(it->value())); !s.ok()) return s;
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), what);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -692,45 +717,29 @@ absl::StatusOr<std::optional<GroupRecord>> Store::GetGroup(std::string_view grou
 
 absl::Status Store::ListPendingFanout(std::vector<std::string>* convs) {
   convs->clear();
-  const std::string lower(1, rec::kPending);
-  const std::string upper(1, rec::kPending + 1);
-  for (rocksdb::ColumnFamilyHandle* cf : shards_) {
-    rocksdb::ReadOptions ro;
-    rocksdb::Slice upper_s(upper);
-    ro.iterate_upper_bound = &upper_s;
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cf));
-    for (it->Seek(lower); it->Valid(); it->Next()) {
-      convs->emplace_back(View(it->key()).substr(1));
-    }
-    if (!it->status().ok()) return FromRocks(it->status(), "pending fan-out");
-  }
-  return absl::OkStatus();
+  return ScanEveryShard(*db_, shards_, rec::kPending, "pending fan-out",
+                        [&](std::string_view key, std::string_view) {
+                          convs->emplace_back(key.substr(1));
+                          return absl::OkStatus();
+                        });
 }
 
 absl::Status Store::ListGroupEvents(std::vector<PendingGroupEvent>* events) {
   events->clear();
-  const std::string lower(1, rec::kGroupEvent);
-  const std::string upper(1, rec::kGroupEvent + 1);
-  for (rocksdb::ColumnFamilyHandle* cf : shards_) {
-    rocksdb::ReadOptions ro;
-    rocksdb::Slice upper_s(upper);
-    ro.iterate_upper_bound = &upper_s;
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cf));
-    for (it->Seek(lower); it->Valid(); it->Next()) {
-      // 'E' user 0x00 order(be64)
-      const std::string_view key = View(it->key());
-      if (key.size() < 10 || key[key.size() - 9] != '\0') {
-        return absl::DataLossError("store: malformed 'E' key");
-      }
-      PendingGroupEvent e;
-      e.user = std::string(key.substr(1, key.size() - 10));
-      e.order = static_cast<int64_t>(rec::ReadBigEndian64(key.data() + key.size() - 8));
-      if (absl::Status s = rec::DecodeGroupEvent(View(it->value()), &e.rec); !s.ok()) return s;
-      events->push_back(std::move(e));
-    }
-    if (!it->status().ok()) return FromRocks(it->status(), "pending group events");
-  }
-  return absl::OkStatus();
+  return ScanEveryShard(
+      *db_, shards_, rec::kGroupEvent, "pending group events",
+      [&](std::string_view key, std::string_view value) {
+        // 'E' user 0x00 order(be64)
+        if (key.size() < 10 || key[key.size() - 9] != '\0') {
+          return absl::DataLossError("store: malformed 'E' key");
+        }
+        PendingGroupEvent e;
+        e.user = std::string(key.substr(1, key.size() - 10));
+        e.order = static_cast<int64_t>(rec::ReadBigEndian64(key.data() + key.size() - 8));
+        if (absl::Status st = rec::DecodeGroupEvent(value, &e.rec); !st.ok()) return st;
+        events->push_back(std::move(e));
+        return absl::OkStatus();
+      });
 }
 
 Store::Stats Store::GetStats() {
@@ -746,6 +755,13 @@ Store::Stats Store::GetStats() {
     st.pending_compaction_bytes = v;
   }
   st.block_cache_bytes = impl_->cache->GetUsage();
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now().time_since_epoch())
+                             .count();
+  st.disk_free_bytes = FreeBytes(now_ms);
+  st.writes_refused =
+      (options_.min_free_bytes != 0 && st.disk_free_bytes < options_.min_free_bytes) ||
+      write_failed_.load(std::memory_order_acquire);
   return st;
 }
 

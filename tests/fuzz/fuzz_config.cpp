@@ -22,11 +22,14 @@ bool Same(const parley::Config& a, const parley::Config& b) {
          a.limits.max_body_bytes == b.limits.max_body_bytes &&
          a.limits.max_meta_bytes == b.limits.max_meta_bytes &&
          a.limits.max_outbound_bytes == b.limits.max_outbound_bytes &&
+         a.limits.max_outbound_total_bytes == b.limits.max_outbound_total_bytes &&
          a.limits.max_header_bytes == b.limits.max_header_bytes &&
          a.limits.handshake_timeout_ms == b.limits.handshake_timeout_ms &&
          a.limits.heartbeat_ms == b.limits.heartbeat_ms &&
          same_double(a.limits.rate_per_sec, b.limits.rate_per_sec) &&
          same_double(a.limits.rate_burst, b.limits.rate_burst) &&
+         same_double(a.limits.request_rate_per_sec, b.limits.request_rate_per_sec) &&
+         same_double(a.limits.request_rate_burst, b.limits.request_rate_burst) &&
          a.limits.max_watch == b.limits.max_watch &&
          a.limits.max_group_size == b.limits.max_group_size &&
          a.limits.max_connections == b.limits.max_connections &&

@@ -361,6 +361,19 @@ class Client:
             return
         raise AssertionError(f"unexpected {op or 'event'}: {ev}")
 
+    async def flood(self, requests, timeout=5):
+        """Sends the requests without waiting for answers (stopping once the connection is
+        gone), then waits for the server to close it. Returns (close code, oks, rate_limited
+        errors) as they arrived."""
+        for r in requests:
+            try:
+                await self.send_raw(r)
+            except Exception:
+                break
+        code = await self.wait_closed(timeout=timeout)
+        limited = [e for e in self.queued("error") if e.get("code") == "rate_limited"]
+        return code, self.queued("ok"), limited
+
     def queued(self, op=None):
         return [e for e in self._events if op is None or e.get("op") == op]
 

@@ -206,6 +206,22 @@ class MetricsTest(ServerTestCase):
         commits = total("parley_storage_commits_total")
         self.assertGreaterEqual(m["parley_storage_commit_seconds_count"], commits)
         self.assertLessEqual(m["parley_storage_commit_seconds_count"], commits + 4)
+        # Unsent outbound bytes per core: present for every core, never negative.
+        outbound = {k: v for k, v in m.items() if k.startswith("parley_outbound_bytes{")}
+        self.assertEqual(len(outbound), len([k for k in m if k.startswith("parley_websockets{")]))
+        self.assertTrue(all(v >= 0 for v in outbound.values()), outbound)
+        self.assertEqual(total("parley_outbound_budget_closes_total"), 0)
+
+    async def test_disk_space_figures(self):
+        m = self.metrics()
+        # Free space on the data volume, as statvfs sees it (give or take what other processes
+        # write meanwhile), and writes are not refused on a volume with room.
+        vfs = os.statvfs(self.server.data_dir)
+        actual = vfs.f_bavail * vfs.f_frsize
+        free = m["parley_storage_disk_free_bytes"]
+        self.assertGreater(free, 0)
+        self.assertLessEqual(abs(free - actual), max(64 << 20, actual // 20), (free, actual))
+        self.assertEqual(m["parley_storage_writes_refused"], 0)
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 """A full disk (issue #5, PROTOCOL.md section 5): nothing is acknowledged that is not durable,
 reads keep working while the disk is full, sends work again once space is freed, and after a
-restart exactly the acknowledged messages are there, in order, without gaps.
+restart exactly the acknowledged messages are there, in order, without gaps. /metrics says
+when writes are refused, and how much space is free.
 
 The data directory lives on a small tmpfs mounted for the test (needs root, as in CI), which
 is then filled with a file until the kernel says ENOSPC.
@@ -64,6 +65,14 @@ class DiskFullTest(ServerTestCase):
             subprocess.run(["umount", "-l", self.mount_dir], timeout=10)
             os.rmdir(self.mount_dir)
 
+    async def metrics(self):
+        """The unlabelled series of /metrics: {name: value}."""
+        status, _, body = await asyncio.to_thread(self.server.http, "GET", "/metrics")
+        self.assertEqual(status, 200)
+        return {line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+                for line in body.decode().splitlines()
+                if line and not line.startswith("#") and "{" not in line}
+
     async def history(self, client, conv):
         """Every message of `conv`, ascending, paging with `before`."""
         msgs, before = [], None
@@ -104,6 +113,9 @@ class DiskFullTest(ServerTestCase):
             if len(refused) >= 3:
                 break
         self.assertEqual(len(refused), 3, "sends never failed on a full disk")
+        m = await self.metrics()
+        self.assertEqual(m["parley_storage_writes_refused"], 1, "refusing, says /metrics")
+        self.assertLess(m["parley_storage_disk_free_bytes"], MIN_FREE_MB << 20)
 
         # Reads and the session keep working while the disk is full.
         self.assertEqual((await bob.ok("ping"))["op"], "ok")
@@ -123,6 +135,9 @@ class DiskFullTest(ServerTestCase):
             self.assertEqual(ans["code"], "unavailable", ans)
             await asyncio.sleep(0.1)
         self.assertEqual(ans["op"], "ok", f"sends did not recover after space was freed: {ans}")
+        m = await self.metrics()
+        self.assertEqual(m["parley_storage_writes_refused"], 0, "refusing, says /metrics")
+        self.assertGreater(m["parley_storage_disk_free_bytes"], MIN_FREE_MB << 20)
         self.assertIs(ans["dup"], False, "a refused send must not be remembered")
         acked.append(refused[0])
         await alice.ok("send", to="bob", cmid="after", body="after")

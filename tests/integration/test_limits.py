@@ -3,6 +3,11 @@
 - limits.max_connections_per_ip: a connection beyond it gets HTTP 503 and is closed; the
   address gets its room back when one of its connections closes.
 - limits.max_connections_per_user: a hello beyond it gets `rate_limited` and close 1008.
+- limits.request_rate_per_sec / request_rate_burst: every request but send, typing and ping has
+  its own per-connection token bucket; beyond it `rate_limited`, past 10x the rate close 4029.
+- limits.max_outbound_total_bytes: past a core's share of the process-wide budget for unsent
+  data, the connection holding the most is closed with 4008, the others keep being served, and
+  the closed one loses nothing (sync).
 - Out of descriptors (RLIMIT_NOFILE lowered on the running server with prlimit): new
   connections are refused with 503 instead of hanging, the connections already open keep
   working, and the server accepts again once descriptors are free.
@@ -99,6 +104,52 @@ class PerUserLimitTest(ServerTestCase):
         self.assertEqual(ans["op"], "ok", ans)
 
 
+class RequestRateLimitTest(ServerTestCase):
+    SERVER_KW = {"extra_args": ["--limits.request_rate_per_sec=5",
+                                "--limits.request_rate_burst=5"]}
+
+    async def test_sixth_quick_request_is_rate_limited(self):
+        alice = await self.client(user="alice")
+        bob = await self.client(user="bob")
+        futs = [await alice.request_nowait("convs") for _ in range(6)]
+        answers = await asyncio.wait_for(asyncio.gather(*futs), 10)
+        self.assertEqual([a["op"] for a in answers[:5]], ["ok"] * 5, answers)
+        self.assertEqual((answers[5]["op"], answers[5]["code"]), ("error", "rate_limited"),
+                         answers[5])
+        # Every other op shares the bucket: history, sync, watch, ack, group ops...
+        for op, fields in [("history", {"conv": dconv("alice", "bob")}), ("sync", {}),
+                           ("watch", {"users": ["bob"]}), ("ack", {"inbox": 0}),
+                           ("group_create", {"group": "g1", "users": ["bob"]}), ("groups", {})]:
+            ans = await alice.request(op, **fields)
+            self.assertEqual((ans["op"], ans.get("code")), ("error", "rate_limited"), (op, ans))
+        self.assertFalse(alice.closed)
+        # ping is never limited, and send has its own bucket.
+        for _ in range(20):
+            self.assertEqual((await alice.request("ping"))["op"], "ok")
+        await alice.ok("send", to="bob", cmid="still", body="sends are not capped by it")
+        self.assertEqual((await bob.next_event("msg"))["cmid"], "still")
+        # The limit is per connection: bob's requests are not affected.
+        self.assertEqual((await bob.request("convs"))["op"], "ok")
+        # Tokens come back at 5/s.
+        await asyncio.sleep(1.0)
+        ans = await alice.request("convs")
+        self.assertEqual(ans["op"], "ok", ans)
+        self.assertEqual([c["conv"] for c in ans["convs"]], [dconv("alice", "bob")])
+
+    async def test_flood_closes_4029(self):
+        alice = await self.client(user="alice")
+        code, oks, limited = await alice.flood({"op": "convs", "id": 1000 + i}
+                                               for i in range(200))
+        self.assertEqual(code, 4029)
+        self.assertLessEqual(len(oks), 10, "at most burst + refill were answered")
+        self.assertGreater(len(limited), 0)
+        # 10 x 5/s within one second: the close comes at the 51st request of the window.
+        self.assertLessEqual(len(oks) + len(limited), 50)
+        # Others are not affected.
+        bob = await self.client(user="bob")
+        self.assertEqual((await bob.request("convs"))["op"], "ok")
+
+
 def raw_ws_connect(port, rcvbuf=4096):
     """A WebSocket connection over a plain socket with a small receive buffer, so that a test
     can stop reading and let the server's output pile up."""
@@ -127,18 +178,30 @@ def ws_send_text(sock, text):
     sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
 
 
-def ws_read_all_frames(sock):
-    """Reads to EOF; returns [(opcode, payload)]."""
-    buf = b""
-    sock.settimeout(10)
+def ws_read_frames(sock, idle=10.0):
+    """Reads until EOF, or until nothing arrived for `idle` seconds; returns
+    ([(opcode, payload)], eof)."""
+    buf, eof = b"", False
+    sock.settimeout(idle)
     while True:
         try:
             chunk = sock.recv(65536)
         except TimeoutError:
-            break  # the server never closed: the caller finds no close frame
+            break  # still open: the caller finds no close frame
         if not chunk:
+            eof = True
             break
         buf += chunk
+    return parse_frames(buf), eof
+
+
+def ws_read_all_frames(sock):
+    """Reads to EOF (or 10 s of silence); returns [(opcode, payload)]."""
+    return ws_read_frames(sock)[0]
+
+
+def parse_frames(buf):
+    """Complete server frames in `buf`: [(opcode, payload)]."""
     frames, i = [], 0
     while i + 2 <= len(buf):
         op, n = buf[i] & 0x0F, buf[i + 1] & 0x7F
@@ -156,9 +219,25 @@ def ws_read_all_frames(sock):
     return frames
 
 
+async def live_msgs_then_close(test, sock, code):
+    """Reads `sock` to EOF and closes it; the last frame must be a close with `code`. Returns
+    the msg events that arrived before it."""
+    frames = await asyncio.to_thread(ws_read_all_frames, sock)
+    sock.close()
+    test.assertTrue(frames, "nothing received")
+    op, payload = frames[-1]
+    test.assertEqual(op, 0x8, "the last frame is a close frame")
+    test.assertEqual(struct.unpack("!H", payload[:2])[0], code, payload)
+    events = [json.loads(p) for o, p in frames if o == 0x1]
+    return [m for m in events if m.get("op") == "msg"]
+
+
 class SlowConsumerTest(ServerTestCase):
+    # The catch-up syncs 800 x 12 KB in pages of 32 KiB (hundreds of requests): not capped.
     SERVER_KW = {"extra_args": ["--limits.max_outbound_bytes=65536",
-                                "--limits.rate_per_sec=100000", "--limits.rate_burst=100000"]}
+                                "--limits.rate_per_sec=100000", "--limits.rate_burst=100000",
+                                "--limits.request_rate_per_sec=100000",
+                                "--limits.request_rate_burst=100000"]}
 
     async def test_slow_reader_closed_4008_and_loses_nothing(self):
         bob_raw = await asyncio.to_thread(raw_ws_connect, self.server.port)
@@ -169,14 +248,7 @@ class SlowConsumerTest(ServerTestCase):
         n = 800
         for i in range(n):
             await alice.ok("send", to="bob", cmid=f"m{i}", body=f"{i:04d}" + "y" * 12000)
-        frames = await asyncio.to_thread(ws_read_all_frames, bob_raw)
-        bob_raw.close()
-        self.assertTrue(frames, "nothing received")
-        op, payload = frames[-1]
-        self.assertEqual(op, 0x8, "the last frame is a close frame")
-        self.assertEqual(struct.unpack("!H", payload[:2])[0], 4008, payload)
-        got_live = [json.loads(p) for o, p in frames if o == 0x1]
-        live_msgs = [m for m in got_live if m.get("op") == "msg"]
+        live_msgs = await live_msgs_then_close(self, bob_raw, 4008)
         self.assertLess(len(live_msgs), n, "the slow reader was sent everything anyway")
         # Nothing is lost: a new connection syncs every message, in order, once.
         bob = await self.client(user="bob", device="slow")
@@ -188,6 +260,90 @@ class SlowConsumerTest(ServerTestCase):
         closes = sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
                      if line.startswith("parley_slow_consumer_closes_total{"))
         self.assertGreaterEqual(closes, 1)
+
+
+def metric_sum(body, name):
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+               if line.startswith(name + "{"))
+
+
+class OutboundBudgetTest(ServerTestCase):
+    # One core, so its share is the whole budget: 1 MiB for all connections together, while one
+    # connection alone may hold 4 MiB (the default max_outbound_bytes).
+    BUDGET = 1 << 20
+    SERVER_KW = {"threads": 1,
+                 "extra_args": [f"--limits.max_outbound_total_bytes={BUDGET}",
+                                "--limits.rate_per_sec=100000", "--limits.rate_burst=100000"]}
+
+    async def metrics(self):
+        status, _, body = await asyncio.to_thread(self.server.http, "GET", "/metrics")
+        self.assertEqual(status, 200)
+        return body
+
+    async def test_largest_reader_closed_4008_others_served_nothing_lost(self):
+        readers = {}
+        for name in ("r1", "r2", "r3"):
+            sock = await asyncio.to_thread(raw_ws_connect, self.server.port)
+            await asyncio.to_thread(ws_send_text, sock, json.dumps(
+                {"op": "hello", "id": 1, "user": name, "device": "slow"}))
+            readers[name] = sock
+        alice = await self.client(user="alice")
+        bob = await self.client(user="bob")
+        pad = "y" * 12000
+        # r1 and r2 hold at most 20 x 12 KB each, well under the budget together ...
+        for name in ("r1", "r2"):
+            for i in range(20):
+                await alice.ok("send", to=name, cmid=f"{name}-{i}", body=f"{i:04d}" + pad)
+        # ... r3 gets 12 KB messages until it is shed: far more than the kernel's socket
+        # buffers take, so its queue goes past the budget and is by far the largest.
+        n3, shed = 0, 0
+        while n3 < 1200 and not shed:
+            for _ in range(25):
+                await alice.ok("send", to="r3", cmid=f"r3-{n3}", body=f"{n3:04d}" + pad)
+                n3 += 1
+            shed = metric_sum(await self.metrics(), "parley_outbound_budget_closes_total")
+        self.assertEqual(shed, 1, "exactly one connection shed")
+        # A few more for r3 after the close: they wait in its inbox.
+        for _ in range(5):
+            await alice.ok("send", to="r3", cmid=f"r3-{n3}", body=f"{n3:04d}" + pad)
+            n3 += 1
+        body = await self.metrics()
+        self.assertEqual(metric_sum(body, "parley_outbound_budget_closes_total"), 1)
+        self.assertEqual(metric_sum(body, "parley_slow_consumer_closes_total"), 0,
+                         "the per-connection limit (4 MiB) was not what closed it")
+        # r3 was told why: its last frame is a close with 4008.
+        live3 = await live_msgs_then_close(self, readers["r3"], 4008)
+        self.assertLess(len(live3), n3, "r3 was sent everything anyway")
+        # The server keeps serving the others: alice and bob talk, r1 and r2 are still open
+        # and get a new message after everything queued before it.
+        await bob.ok("send", to="alice", cmid="b-after", body="still serving")
+        ev = await alice.next_event("msg", pred=lambda e: e["cmid"] == "b-after")
+        self.assertEqual(ev["body"], "still serving")
+        for name in ("r1", "r2"):
+            await alice.ok("send", to=name, cmid=f"{name}-after", body="after")
+            frames, eof = await asyncio.to_thread(ws_read_frames, readers[name], 2.0)
+            self.assertFalse(eof, f"{name} was closed")
+            self.assertNotIn(0x8, [o for o, _ in frames], f"{name} got a close frame")
+            cmids = [json.loads(p).get("cmid") for o, p in frames if o == 0x1]
+            self.assertEqual([c for c in cmids if c],
+                             [f"{name}-{i}" for i in range(20)] + [f"{name}-after"])
+        # r3 reconnects and syncs from the last inbox entry it saw live: every message exactly
+        # once, in order.
+        since = live3[-1]["inbox"] if live3 else 0
+        r3 = await self.client(user="r3", device="slow")
+        await r3.settle(n3)
+        synced, inbox_seq = await r3.sync_all(since=since)
+        self.assertEqual(inbox_seq, n3)
+        got = [m["cmid"] for m in live3] + [e["cmid"] for e in synced]
+        self.assertEqual(got, [f"r3-{i}" for i in range(n3)])
+        # Once the readers are gone, the core's count of unsent bytes returns to zero.
+        for name in ("r1", "r2"):
+            readers[name].close()
+        for _ in range(100):
+            if metric_sum(await self.metrics(), "parley_outbound_bytes") == 0:
+                break
+            await asyncio.sleep(0.05)
+        self.assertEqual(metric_sum(await self.metrics(), "parley_outbound_bytes"), 0)
 
 
 NOFILE = 200

@@ -33,7 +33,8 @@ class LoadToolTest(unittest.TestCase):
         cls.log = open(os.path.join(cls.tmp.name, "server.log"), "w")
         cls.server = subprocess.Popen(
             [PARLEY, "--listen", f"127.0.0.1:{cls.port}", "--data", os.path.join(cls.tmp.name, "data"),
-             "--threads", "2", "--limits.rate_per_sec=1000000", "--limits.rate_burst=1000000"],
+             "--threads", "2", "--limits.rate_per_sec=1000000", "--limits.rate_burst=1000000",
+             "--limits.request_rate_per_sec=1000000", "--limits.request_rate_burst=1000000"],
             stdout=cls.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 15
         while time.time() < deadline:

@@ -10,20 +10,10 @@
 
 using namespace parley::store;
 using parley::chat::EngineShard;
+using parley::store::testing::OpenTestStore;
 using parley::store::testing::TempDir;
 
 namespace {
-
-std::unique_ptr<Store> OpenStore(const std::string& dir) {
-  StoreOptions o;
-  o.data_dir = dir;
-  o.sync = false;
-  o.block_cache_bytes = 8 << 20;
-  o.write_buffer_bytes_total = 32 << 20;
-  auto s = Store::Open(o);
-  REQUIRE(s.ok());
-  return std::move(*s);
-}
 
 // A user's inbox as "msg <seq>" / the stored event text, in inbox order (numbers 1..n checked).
 std::vector<std::string> Inbox(Store& store, const std::string& user) {
@@ -43,7 +33,7 @@ std::vector<std::string> Inbox(Store& store, const std::string& user) {
 
 TEST_CASE("recovery appends the group events a crash left owed, then finishes fan-outs", "[chat]") {
   TempDir dir;
-  auto store = OpenStore(dir.path());
+  auto store = OpenTestStore(dir.path());
   const std::string conv = "g:team";
   // The state a crash may leave: alice (owner) removed bob and added carol after seq 3, and
   // sent seq 4 to the new membership; both changes and seq 4 committed, but no inbox got the
@@ -109,7 +99,7 @@ TEST_CASE("recovery appends the group events a crash left owed, then finishes fa
 
 TEST_CASE("recovery of a creation whose events were lost gives every member the group", "[chat]") {
   TempDir dir;
-  auto store = OpenStore(dir.path());
+  auto store = OpenTestStore(dir.path());
   const std::string conv = "g:crew";
   const std::string created = R"({"group":"crew","change":"created","users":["ann","ben"]})";
   {

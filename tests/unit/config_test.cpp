@@ -33,8 +33,8 @@ void CheckSame(const Config& a, const Config& b) {
   [[maybe_unused]] const auto& [s1, s2, s3] = a.server;
   [[maybe_unused]] const auto& [st1, st2, st3] = a.storage;
   [[maybe_unused]] const auto& [a1, a2, a3, a4] = a.auth;
-  [[maybe_unused]] const auto& [l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14] =
-      a.limits;
+  [[maybe_unused]] const auto& [l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15,
+                                l16, l17] = a.limits;
   [[maybe_unused]] const auto& [d1] = a.debug;
   CHECK(a.server.listen == b.server.listen);
   CHECK(a.server.threads == b.server.threads);
@@ -50,11 +50,14 @@ void CheckSame(const Config& a, const Config& b) {
   CHECK(a.limits.max_body_bytes == b.limits.max_body_bytes);
   CHECK(a.limits.max_meta_bytes == b.limits.max_meta_bytes);
   CHECK(a.limits.max_outbound_bytes == b.limits.max_outbound_bytes);
+  CHECK(a.limits.max_outbound_total_bytes == b.limits.max_outbound_total_bytes);
   CHECK(a.limits.max_header_bytes == b.limits.max_header_bytes);
   CHECK(a.limits.handshake_timeout_ms == b.limits.handshake_timeout_ms);
   CHECK(a.limits.heartbeat_ms == b.limits.heartbeat_ms);
   CHECK(a.limits.rate_per_sec == b.limits.rate_per_sec);
   CHECK(a.limits.rate_burst == b.limits.rate_burst);
+  CHECK(a.limits.request_rate_per_sec == b.limits.request_rate_per_sec);
+  CHECK(a.limits.request_rate_burst == b.limits.request_rate_burst);
   CHECK(a.limits.max_watch == b.limits.max_watch);
   CHECK(a.limits.max_group_size == b.limits.max_group_size);
   CHECK(a.limits.max_connections == b.limits.max_connections);
@@ -80,11 +83,14 @@ Config Sentinel() {
   c.limits.max_body_bytes = 2;
   c.limits.max_meta_bytes = 3;
   c.limits.max_outbound_bytes = 9223372036854775807ull;
+  c.limits.max_outbound_total_bytes = 0;
   c.limits.max_header_bytes = 5;
   c.limits.handshake_timeout_ms = -6;
   c.limits.heartbeat_ms = 7;
   c.limits.rate_per_sec = 0.1;
   c.limits.rate_burst = 1e-300;
+  c.limits.request_rate_per_sec = 0.25;
+  c.limits.request_rate_burst = 3.5;
   c.limits.max_watch = 4294967295u;
   c.limits.max_group_size = 10;
   c.limits.max_connections = 11;
@@ -196,7 +202,7 @@ TEST_CASE("config: config/parley.toml documents every option at its default", "[
     }
     previous = line;
   }
-  CHECK(keys == 25);
+  CHECK(keys == 28);
 }
 
 TEST_CASE("config: the sentinel differs from the defaults in every field", "[config]") {
@@ -217,11 +223,14 @@ TEST_CASE("config: the sentinel differs from the defaults in every field", "[con
   CHECK(s.limits.max_body_bytes != d.limits.max_body_bytes);
   CHECK(s.limits.max_meta_bytes != d.limits.max_meta_bytes);
   CHECK(s.limits.max_outbound_bytes != d.limits.max_outbound_bytes);
+  CHECK(s.limits.max_outbound_total_bytes != d.limits.max_outbound_total_bytes);
   CHECK(s.limits.max_header_bytes != d.limits.max_header_bytes);
   CHECK(s.limits.handshake_timeout_ms != d.limits.handshake_timeout_ms);
   CHECK(s.limits.heartbeat_ms != d.limits.heartbeat_ms);
   CHECK(s.limits.rate_per_sec != d.limits.rate_per_sec);
   CHECK(s.limits.rate_burst != d.limits.rate_burst);
+  CHECK(s.limits.request_rate_per_sec != d.limits.request_rate_per_sec);
+  CHECK(s.limits.request_rate_burst != d.limits.request_rate_burst);
   CHECK(s.limits.max_watch != d.limits.max_watch);
   CHECK(s.limits.max_group_size != d.limits.max_group_size);
   CHECK(s.limits.max_connections != d.limits.max_connections);
@@ -626,6 +635,8 @@ TEST_CASE("config: validation rules", "[config]") {
         {"rate_per_sec", [](Config& c) { c.limits.rate_per_sec = NAN; }},
         {"rate_burst", [](Config& c) { c.limits.rate_burst = -1; }},
         {"rate_burst", [](Config& c) { c.limits.rate_burst = INFINITY; }},
+        {"request_rate_per_sec", [](Config& c) { c.limits.request_rate_per_sec = 0; }},
+        {"request_rate_burst", [](Config& c) { c.limits.request_rate_burst = NAN; }},
         {"max_watch", [](Config& c) { c.limits.max_watch = 0; }},
         {"max_group_size", [](Config& c) { c.limits.max_group_size = 0; }},
         {"max_connections", [](Config& c) { c.limits.max_connections = 0; }},
@@ -926,5 +937,5 @@ TEST_CASE("command line: usage lists every flag and option", "[config]") {
     CHECK(absl::StrContains(usage, "[" + value + "]"));
     ++options;
   }
-  CHECK(options == 25);
+  CHECK(options == 28);
 }

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,9 +56,9 @@ std::string ReadExactly(int fd, size_t n) {
 
 // Runs `cores` reactors on threads until the test body returns.
 struct Cluster {
-  explicit Cluster(int cores) : mesh(cores) {
+  explicit Cluster(int cores, ReactorOptions options = {}) : mesh(cores) {
     for (int i = 0; i < cores; ++i) {
-      reactors.push_back(std::make_unique<Reactor>(i, ReactorOptions{}, &mesh));
+      reactors.push_back(std::make_unique<Reactor>(i, options, &mesh));
       mesh.Attach(i, reactors.back().get());
     }
   }
@@ -95,19 +96,25 @@ struct Cluster {
   std::atomic<bool> init_failed{false};
 };
 
-}  // namespace
-
-TEST_CASE("reactor accepts, echoes and closes after flushing", "[net]") {
+// Starts a one-core `cluster` serving a new loopback listener with `Handler`s; returns the port.
+template <typename Handler>
+uint16_t StartServing(Cluster& cluster) {
   auto fd = OpenListener("127.0.0.1", 0, true);
   REQUIRE(fd.ok());
   auto port = BoundPort(*fd);
   REQUIRE(port.ok());
-  Cluster cluster(1);
   int listen_fd = *fd;
   cluster.Start([listen_fd](Reactor& r) {
-    r.Listen(listen_fd, [](Connection&) { return std::make_unique<EchoHandler>(); });
+    r.Listen(listen_fd, [](Connection&) { return std::make_unique<Handler>(); });
   });
-  int c = ConnectTo(*port);
+  return *port;
+}
+
+}  // namespace
+
+TEST_CASE("reactor accepts, echoes and closes after flushing", "[net]") {
+  Cluster cluster(1);
+  int c = ConnectTo(StartServing<EchoHandler>(cluster));
   const std::string big(300000, 'x');  // larger than one provided buffer and one send
   REQUIRE(write(c, "hello", 5) == 5);
   CHECK(ReadExactly(c, 5) == "hello");
@@ -244,4 +251,55 @@ TEST_CASE("a connection moves to another core with its unread input and unsent o
   REQUIRE(write(c, "xyz", 3) == 3);
   CHECK(ReadExactly(c, 6) == "1:xyz;");
   close(c);
+}
+
+namespace {
+
+// "B" queues 16 MiB of output, "b" 512 KiB; anything else is echoed.
+class BulkHandler : public ConnectionHandler {
+ public:
+  size_t OnData(Connection& conn, std::span<char> data) override {
+    std::string_view s(data.data(), data.size());
+    if (s == "B" || s == "b") {
+      conn.Write(std::string(s == "B" ? 16u << 20 : 512u << 10, 'o'));
+    } else {
+      conn.Write(s);
+    }
+    return data.size();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("over the output budget the connection holding the most is shed", "[net]") {
+  ReactorOptions options;
+  options.max_output_bytes = 8u << 20;
+  Cluster cluster(1, options);
+  const uint16_t port = StartServing<BulkHandler>(cluster);
+  Reactor& reactor = *cluster.reactors[0];
+  int small = ConnectTo(port);
+  int big = ConnectTo(port);
+  REQUIRE(write(small, "b", 1) == 1);
+  REQUIRE(write(big, "B", 1) == 1);
+  // The 16 MiB queue alone is past the 8 MiB budget: it is cut off; the 512 KiB one is not.
+  std::string got_big;
+  char buf[65536];
+  while (true) {
+    ssize_t r = read(big, buf, sizeof(buf));
+    if (r <= 0) break;
+    got_big.append(buf, static_cast<size_t>(r));
+  }
+  CHECK(got_big.size() < (16u << 20));
+  CHECK(reactor.shed_count() == 1);
+  CHECK(ReadExactly(small, 512u << 10) == std::string(512u << 10, 'o'));
+  REQUIRE(write(small, "ping", 4) == 4);
+  CHECK(ReadExactly(small, 4) == "ping");
+  // Everything sent or dropped: the count of unsent bytes is back to zero.
+  for (int i = 0; i < 200 && reactor.output_bytes() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(reactor.output_bytes() == 0);
+  CHECK(reactor.shed_count() == 1);
+  close(small);
+  close(big);
 }

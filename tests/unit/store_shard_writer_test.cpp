@@ -12,21 +12,11 @@
 #include "store_test_dir.h"
 
 using namespace parley::store;
+using parley::store::testing::OpenTestStore;
 using parley::store::testing::TempDir;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::unique_ptr<Store> OpenStore(const std::string& dir, bool sync = false) {
-  StoreOptions o;
-  o.data_dir = dir;
-  o.sync = sync;
-  o.block_cache_bytes = 8 << 20;
-  o.write_buffer_bytes_total = 32 << 20;
-  auto s = Store::Open(o);
-  REQUIRE(s.ok());
-  return std::move(*s);
-}
 
 MessageRecord Msg(int64_t n) {
   return MessageRecord{"alice", "c-" + std::to_string(n), n, "x", ""};
@@ -69,7 +59,7 @@ void WaitFor(const std::atomic<bool>& flag) {
 
 TEST_CASE("shard writer runs callbacks in submission order once data is durable", "[store]") {
   TempDir dir;
-  auto store = OpenStore(dir.path());
+  auto store = OpenTestStore(dir.path());
   Driver d;
   ShardWriter w(*store, d.notify());
   const std::string conv = "d:alice:bob";
@@ -120,7 +110,7 @@ TEST_CASE("shard writer runs callbacks in submission order once data is durable"
 TEST_CASE("shard writer runs callbacks registered without operations after the next commit",
           "[store]") {
   TempDir dir;
-  auto store = OpenStore(dir.path());
+  auto store = OpenTestStore(dir.path());
   Driver d;
   ShardWriter w(*store, d.notify());
   std::vector<std::string> log;
@@ -143,7 +133,7 @@ TEST_CASE("shard writer runs callbacks registered without operations after the n
 
 TEST_CASE("shard writer gathers what arrives during a commit into the next one", "[store]") {
   TempDir dir;
-  auto store = OpenStore(dir.path());
+  auto store = OpenTestStore(dir.path());
   bool merged = false;
   // A slow disk: every commit takes a millisecond, so batches submitted meanwhile queue up.
   for (int attempt = 0; attempt < 20 && !merged; ++attempt) {
@@ -171,7 +161,7 @@ TEST_CASE("shard writer gathers what arrives during a commit into the next one",
 
 TEST_CASE("a failed commit fails everything submitted before the failure was reported", "[store]") {
   TempDir dir;
-  auto store = OpenStore(dir.path());
+  auto store = OpenTestStore(dir.path());
   Driver d;
   std::atomic<int> writes{0};
   std::atomic<bool> in_first_write{false};
@@ -247,7 +237,7 @@ TEST_CASE("a failed commit fails everything submitted before the failure was rep
 
 TEST_CASE("shard writer spills past a full queue without losing order", "[store]") {
   TempDir dir;
-  auto store = OpenStore(dir.path());
+  auto store = OpenTestStore(dir.path());
   Driver d;
   std::atomic<bool> in_first_write{false};
   std::atomic<bool> release{false};
@@ -279,7 +269,7 @@ TEST_CASE("shard writer spills past a full queue without losing order", "[store]
 
 TEST_CASE("shard writer destructor commits and completes everything submitted", "[store]") {
   TempDir dir;
-  auto store = OpenStore(dir.path());
+  auto store = OpenTestStore(dir.path());
   Driver d;
   std::vector<int> order;
   {
@@ -305,7 +295,9 @@ TEST_CASE("shard writer destructor commits and completes everything submitted", 
 TEST_CASE("with synced storage OnWritten runs before OnCommit, each in submission order",
           "[store]") {
   TempDir dir;
-  auto store = OpenStore(dir.path(), /*sync=*/true);
+  StoreOptions synced = parley::store::testing::TestStoreOptions(dir.path());
+  synced.sync = true;
+  auto store = OpenTestStore(synced);
   Driver d;
   ShardWriter w(*store, d.notify());
   std::vector<std::string> log;
@@ -350,7 +342,7 @@ TEST_CASE("with synced storage OnWritten runs before OnCommit, each in submissio
 
 TEST_CASE("a failed sync fails OnCommit, not OnWritten, and later batches commit", "[store]") {
   TempDir dir;
-  auto store = OpenStore(dir.path());
+  auto store = OpenTestStore(dir.path());
   Driver d;
   std::atomic<int> syncs{0};
   ShardWriter w(

@@ -23,15 +23,9 @@ namespace {
 
 std::unique_ptr<Store> OpenStore(const std::string& dir,
                                  int64_t dedupe_ttl_ms = 48ll * 3600 * 1000) {
-  StoreOptions o;
-  o.data_dir = dir;
-  o.sync = false;
-  o.block_cache_bytes = 8 << 20;
-  o.write_buffer_bytes_total = 32 << 20;
+  StoreOptions o = parley::store::testing::TestStoreOptions(dir);
   o.dedupe_ttl_ms = dedupe_ttl_ms;
-  auto s = Store::Open(o);
-  REQUIRE(s.ok());
-  return std::move(*s);
+  return parley::store::testing::OpenTestStore(o);
 }
 
 MessageRecord Msg(const std::string& body) {

@@ -328,8 +328,10 @@ void ReportCommon(Pool& pool, JsonLine* j, std::string* text) {
   if (!ct.empty()) *text += "  unexpected closes:" + ct + "\n";
   if (errors.count("rate_limited")) {
     *text +=
-        "  REMINDER: the server rate-limited sends. Benchmark runs must raise the per-connection\n"
-        "  limit: parley --limits.rate_per_sec=1000000 --limits.rate_burst=1000000\n";
+        "  REMINDER: the server rate-limited requests. Benchmark runs must raise the\n"
+        "  per-connection limits: parley --limits.rate_per_sec=1000000\n"
+        "  --limits.rate_burst=1000000 --limits.request_rate_per_sec=1000000\n"
+        "  --limits.request_rate_burst=1000000\n";
   }
 }
 
@@ -366,9 +368,10 @@ Scenario options:
   --groups G (20)  --group-size M (200)
   --users U (2000)  --mixed-group-size M (20)  --watch N (20)  --churn R/s (users/20)
 
-Benchmark runs must raise the server's per-connection rate limit, and lift the
+Benchmark runs must raise the server's per-connection rate limits, and lift the
 per-address connection limit (all load comes from a few loopback addresses):
   parley --limits.rate_per_sec=1000000 --limits.rate_burst=1000000 \
+         --limits.request_rate_per_sec=1000000 --limits.request_rate_burst=1000000 \
          --limits.max_connections_per_ip=0
 Output: a human summary, then one line "JSON {...}".
 )";

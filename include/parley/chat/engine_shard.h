@@ -191,7 +191,8 @@ class EngineShard {
   const Stats& stats() const { return stats_; }
 
  private:
-  // Bytes one sync/history answer may take: half of limits.max_outbound_bytes.
+  // Bytes one sync/history answer may take: half of limits.max_outbound_bytes, and at most a
+  // quarter of the core's share of limits.max_outbound_total_bytes.
   size_t ReplyBudget() const;
   struct UserState {
     std::string id;

@@ -42,12 +42,17 @@ struct Config {
     uint64_t max_body_bytes = 16384;        // send.body
     uint64_t max_meta_bytes = 4096;         // send.meta, serialised
     uint64_t max_outbound_bytes = 4 << 20;  // unsent data per connection before 4008
-    uint64_t max_header_bytes = 8192;       // HTTP request head
-    int64_t handshake_timeout_ms = 10000;   // time to complete the HTTP head / upgrade
-    int64_t heartbeat_ms = 25000;           // expected client activity interval
-    double rate_per_sec = 50;               // send + typing token bucket rate
-    double rate_burst = 100;                // token bucket size
-    uint32_t max_watch = 1000;              // presence watch list per connection
+    // Unsent data of all connections, split evenly per core; past a core's share its largest
+    // queue is closed with 4008. 0 = no process-wide budget.
+    uint64_t max_outbound_total_bytes = 1ull << 30;
+    uint64_t max_header_bytes = 8192;      // HTTP request head
+    int64_t handshake_timeout_ms = 10000;  // time to complete the HTTP head / upgrade
+    int64_t heartbeat_ms = 25000;          // expected client activity interval
+    double rate_per_sec = 50;              // send + typing token bucket rate
+    double rate_burst = 100;               // token bucket size
+    double request_rate_per_sec = 200;     // every other request but ping: bucket rate
+    double request_rate_burst = 400;       // and its bucket size
+    uint32_t max_watch = 1000;             // presence watch list per connection
     uint32_t max_group_size = 200;
     uint32_t max_connections = 100000;       // per process; beyond, new sockets are refused
     uint32_t max_connections_per_ip = 1000;  // per remote address, 0 = no limit

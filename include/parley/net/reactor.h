@@ -53,6 +53,11 @@ class ConnectionHandler {
   virtual void OnDrained(Connection& conn) {}
   // The server is shutting down: say goodbye (e.g. close 1001) and close.
   virtual void OnShutdown(Connection& conn);
+  // The reactor's connections together hold more unsent output than
+  // ReactorOptions::max_output_bytes, and this one holds the most: drop what can be dropped and
+  // close (e.g. with a reason for the peer). The connection then has kShedLingerMs to take its
+  // last bytes before it is cut off. The default discards the output and closes at once.
+  virtual void OnOutputBudget(Connection& conn);
   // The connection is gone (peer closed, error, or Close finished). Last call.
   virtual void OnClosed(Connection& conn) {}
 };
@@ -100,6 +105,10 @@ class Connection {
   // Bytes buffered for a partial message (memory accounting).
   size_t BufferedInput() const { return in_.size(); }
 
+  // How long a connection closed for the reactor's output budget may take to send its last
+  // bytes (the close frame behind what is already in the kernel's hands).
+  static constexpr int64_t kShedLingerMs = 5000;
+
  private:
   friend class Reactor;
   Connection(Reactor* reactor, int fd, uint64_t id) : reactor_(reactor), fd_(fd), id_(id) {}
@@ -113,6 +122,7 @@ class Connection {
   std::string out_;       // written, not yet sent
   std::string inflight_;  // handed to the kernel
   size_t inflight_sent_ = 0;
+  size_t accounted_output_ = 0;  // this connection's share of Reactor::output_bytes_
   int64_t deadline_ms_ = 0;
   int64_t wheel_due_ = 0;  // due time of this connection's live timer-wheel entry, 0 if none
   uint32_t slot_ = 0;      // index in the reactor's connection table
@@ -137,6 +147,10 @@ struct ReactorOptions {
   // is split evenly between the reactors: SO_REUSEPORT spreads one address's connections over
   // all of them.
   uint32_t max_connections_per_address = 0;
+  // Unsent output of all this reactor's connections together (0 = no limit). Past it, the
+  // connections holding the most are shed (ConnectionHandler::OnOutputBudget) until the rest
+  // fits. Checked once per loop iteration, before output is handed to the kernel.
+  uint64_t max_output_bytes = 0;
 };
 
 // Probed kernel features, reported at start-up.
@@ -213,6 +227,10 @@ class Reactor {
     return refused_.load(std::memory_order_relaxed);
   }                                           // connections refused (limits, EMFILE)
   int64_t now_ms() const { return now_ms_; }  // monotonic, updated every iteration
+  // Unsent output of this reactor's connections, in bytes (any thread may read it).
+  uint64_t output_bytes() const { return output_bytes_.load(std::memory_order_relaxed); }
+  // Connections shed for ReactorOptions::max_output_bytes (any thread may read it).
+  uint64_t shed_count() const { return shed_.load(std::memory_order_relaxed); }
 
   // Used by Connection.
   void MarkDirty(Connection* conn);
@@ -253,6 +271,11 @@ class Reactor {
   void Deliver(Connection* conn, char* data, size_t len);
   void StartSend(Connection* conn);
   void FlushDirty();
+  // Brings output_bytes_ up to date with the connection's unsent output (0 once closed).
+  void Account(Connection* conn);
+  void SetAccounted(Connection* conn, size_t bytes);
+  // Over max_output_bytes: sheds the connections holding the most until the rest fits.
+  void ShedOutput();
   void CloseNow(Connection* conn);
   void MaybeFree(Connection* conn);
   void RecycleBuffer(uint16_t bid);
@@ -293,6 +316,13 @@ class Reactor {
   void RecycleOutputBuffer(std::string& buf);
   std::vector<Connection*> all_;  // index = slot; nullptr = free (for shutdown and timers)
   std::vector<uint32_t> free_slots_;
+  // Output accounting: a relaxed atomic written by this thread only (read by /metrics).
+  std::atomic<uint64_t> output_bytes_{0};
+  std::atomic<uint64_t> shed_{0};
+  // Total at the last shedding pass: the next pass waits until the total grows past it (the
+  // shed connections' bytes leave only as they are sent or cut off).
+  uint64_t shed_pass_total_ = 0;
+  int64_t shed_pass_ms_ = 0;
   absl::flat_hash_set<Connection*> zombies_;  // closed, waiting for their last completion
 
   // Timers: a hashed wheel of tick-sized buckets. A connection has at most one live entry

@@ -6,7 +6,8 @@
 // - The peer's close code is echoed, then the TCP connection is closed by the server.
 // - The server pings every heartbeat_ms and closes a connection silent for 2 x heartbeat_ms.
 // - Output beyond limits.max_outbound_bytes closes the connection with 4008 (slow consumer);
-//   nothing that matters is lost, because events are also in the user's inbox.
+//   nothing that matters is lost, because events are also in the user's inbox. So does holding
+//   the most unsent output on a core past its share of limits.max_outbound_total_bytes.
 #pragma once
 
 #include <cstdint>
@@ -72,6 +73,7 @@ class WsSession final : public net::ConnectionHandler, private ws::MessageSink {
   size_t OnData(net::Connection& conn, std::span<char> data) override;
   void OnDeadline(net::Connection& conn, int64_t now_ms) override;
   void OnShutdown(net::Connection& conn) override;
+  void OnOutputBudget(net::Connection& conn) override;
   void OnClosed(net::Connection& conn) override;
   // ws::MessageSink
   bool OnMessage(ws::Opcode opcode, std::string_view payload) override;

@@ -212,6 +212,11 @@ class Store {
     uint64_t memtable_bytes = 0;
     uint64_t block_cache_bytes = 0;
     uint64_t pending_compaction_bytes = 0;
+    // Free space on the data volume (statvfs, measured at most every 100 ms), and whether
+    // Write refuses now: less free space than min_free_bytes, or a failed write not yet
+    // recovered from.
+    uint64_t disk_free_bytes = 0;
+    bool writes_refused = false;
   };
   Stats GetStats();
 
@@ -229,6 +234,8 @@ class Store {
   std::atomic<bool> write_failed_{false};
   // Free bytes on the data volume, from statvfs at most every 100 ms.
   std::atomic<uint64_t> free_bytes_{UINT64_MAX};
+  // Free bytes on the data volume, measured again if the last figure is 100 ms old.
+  uint64_t FreeBytes(int64_t now_ms);
   std::atomic<int64_t> free_checked_ms_{-1000};
   std::atomic<int64_t> last_resume_ms_{0};
   struct Impl;

@@ -131,7 +131,9 @@ class ServerProcess {
                                      "2",
                                      "--storage.sync=fsync",
                                      "--limits.rate_per_sec=1000000",
-                                     "--limits.rate_burst=1000000"};
+                                     "--limits.rate_burst=1000000",
+                                     "--limits.request_rate_per_sec=1000000",
+                                     "--limits.request_rate_burst=1000000"};
     pid_ = fork();
     if (pid_ < 0) return "fork failed";
     if (pid_ == 0) {
