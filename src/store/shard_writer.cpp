@@ -20,12 +20,14 @@ constexpr size_t kMaxReusedCapacity = kMaxMergeBytes * 2;
 
 }  // namespace
 
-ShardWriter::ShardWriter(Store& store, std::function<void()> notify)
-    : ShardWriter(store, std::move(notify), nullptr) {}
+ShardWriter::ShardWriter(Store& store, std::function<void()> notify, LogSyncer* syncer)
+    : ShardWriter(store, std::move(notify), nullptr, syncer) {}
 
-ShardWriter::ShardWriter(Store& store, std::function<void()> notify, WriteFn write, SyncFn sync)
-    : store_(store), notify_(std::move(notify)), write_(std::move(write)), sync_(std::move(sync)) {
+ShardWriter::ShardWriter(Store& store, std::function<void()> notify, WriteFn write,
+                         LogSyncer* syncer)
+    : store_(store), notify_(std::move(notify)), write_(std::move(write)), syncer_(syncer) {
   current_ = store_.NewBatch();
+  if (syncer_ != nullptr) listener_ = syncer_->AddListener([this] { Signal(); });
   thread_ = std::thread([this] { ThreadMain(); });
 }
 
@@ -41,6 +43,7 @@ ShardWriter::~ShardWriter() {
   submitted_.fetch_add(1, std::memory_order_release);
   submitted_.notify_one();
   thread_.join();
+  if (syncer_ != nullptr) syncer_->RemoveListener(listener_);
 }
 
 void ShardWriter::ReportFailure(uint64_t generation) {
@@ -55,29 +58,17 @@ void ShardWriter::ReportFailure(uint64_t generation) {
 }
 
 void ShardWriter::Poll() {
-  while (std::optional<Result> popped = from_thread_.TryPop()) {
-    if (popped->job == nullptr) {
-      // A sync report: every job up to `through` is durable (or failed to become so).
-      const SyncReport& report = popped->report;
-      if (!report.status.ok()) ReportFailure(report.generation);
-      for (Waiting& w : awaiting_sync_) {
-        if (w.id > report.through) break;
-        if (!w.final) {
-          w.final = true;
-          w.status = report.status;
-        }
-      }
-      continue;
-    }
-    std::unique_ptr<Job> job = std::move(popped->job);
+  while (std::optional<std::unique_ptr<Job>> popped = from_thread_.TryPop()) {
+    std::unique_ptr<Job> job = std::move(*popped);
     if (!job->status.ok()) ReportFailure(job->generation);
     Waiting w = std::move(awaiting_write_.front());
     awaiting_write_.pop_front();
     --in_flight_;
     w.status = std::move(job->status);
-    w.final = !w.status.ok() || !job->needs_sync;
+    w.ticket = job->ticket;
+    w.final = !w.status.ok() || w.ticket == 0;
     job->status = absl::OkStatus();
-    job->needs_sync = false;
+    job->ticket = 0;
     if (free_jobs_.size() < kMaxFreeJobs && job->batch.raw() != nullptr &&
         job->batch.raw()->Data().capacity() <= kMaxReusedCapacity) {
       free_jobs_.push_back(std::move(job));
@@ -86,6 +77,21 @@ void ShardWriter::Poll() {
     const absl::Status status = w.status;
     awaiting_sync_.push_back(std::move(w));
     for (Callback& cb : written) cb(status);
+  }
+  if (syncer_ != nullptr && !awaiting_sync_.empty()) {
+    // completed() before failures(): a failure is recorded before its tickets complete.
+    const uint64_t completed = syncer_->completed();
+    const bool any_failure = syncer_->failures() != 0;
+    for (Waiting& w : awaiting_sync_) {
+      if (w.final) continue;
+      if (w.ticket > completed) break;
+      w.final = true;
+      if (any_failure) w.status = syncer_->OutcomeOf(w.ticket);
+      if (!w.status.ok()) {
+        stats_.failures.fetch_add(1, std::memory_order_relaxed);
+        ReportFailure(w.generation);
+      }
+    }
   }
   // OnCommit callbacks in submission order: a job whose outcome is known waits for the
   // durability of those before it.
@@ -119,6 +125,7 @@ void ShardWriter::SubmitCurrent() {
   job->generation = generation_;
   Waiting w;
   w.id = job->id;
+  w.generation = job->generation;
   w.written = std::move(current_written_);
   w.committed = std::move(current_callbacks_);
   current_written_.clear();
@@ -148,27 +155,10 @@ void ShardWriter::Signal() {
 
 void ShardWriter::ThreadMain() {
   std::vector<std::unique_ptr<Job>> jobs;
-  // The newest generation that had a failed write or sync; its remaining jobs are not written.
+  // The newest generation that had a failed write; its remaining jobs are not written.
   bool failed = false;
   uint64_t failed_generation = 0;
   absl::Status failed_status;
-  // Two phases (write, then sync) only for a synced store and the real write.
-  const bool split = sync_ ? true : !write_ && store_.options().sync;
-
-  auto record = [this](uint64_t us) {
-    stats_.latency_sum_us.fetch_add(us, std::memory_order_relaxed);
-    for (size_t b = 0; b < Stats::kBuckets; ++b) {
-      if (us < Stats::kBucketsUs[b]) stats_.latency_le[b].fetch_add(1, std::memory_order_relaxed);
-    }
-    stats_.latency_le[Stats::kBuckets].fetch_add(1, std::memory_order_relaxed);
-  };
-  auto push = [this](Result result) {
-    // More results than the ring holds: let Poll drain it first.
-    while (!from_thread_.TryPush(result)) {
-      Signal();
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
-  };
 
   for (;;) {
     const uint64_t seen = submitted_.load(std::memory_order_acquire);
@@ -181,15 +171,11 @@ void ShardWriter::ThreadMain() {
       continue;
     }
 
-    const auto start = std::chrono::steady_clock::now();
-    bool any_write = false;  // one commit: everything written (and synced) this round
-    bool wrote = false;      // something was written unsynced this round
-    uint64_t last_id = 0, last_generation = 0;
     for (size_t i = 0; i < jobs.size();) {
       const uint64_t generation = jobs[i]->generation;
       size_t end = i + 1;
       absl::Status status;
-      bool needs_sync = false;
+      uint64_t ticket = 0;
       if (failed && generation <= failed_generation) {
         while (end < jobs.size() && jobs[end]->generation == generation) ++end;
         status = failed_status;
@@ -202,56 +188,55 @@ void ShardWriter::ThreadMain() {
           ++end;
         }
         if (!merged.empty()) {
-          status = write_  ? write_(merged)
-                   : split ? store_.WriteUnsynced(merged)
-                           : store_.Write(merged);
-          any_write = true;
+          const auto start = std::chrono::steady_clock::now();
+          if (syncer_ != nullptr) {
+            status = write_ ? write_(merged) : store_.WriteUnsynced(merged);
+            if (status.ok()) ticket = syncer_->NoteWritten();
+          } else {
+            status = write_ ? write_(merged) : store_.Write(merged);
+          }
+          const uint64_t us =
+              static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                        std::chrono::steady_clock::now() - start)
+                                        .count());
+          stats_.commits.fetch_add(1, std::memory_order_relaxed);
           stats_.bytes.fetch_add(merged.ByteSize(), std::memory_order_relaxed);
+          stats_.latency_sum_us.fetch_add(us, std::memory_order_relaxed);
+          for (size_t b = 0; b < Stats::kBuckets; ++b) {
+            if (us < Stats::kBucketsUs[b]) {
+              stats_.latency_le[b].fetch_add(1, std::memory_order_relaxed);
+            }
+          }
+          stats_.latency_le[Stats::kBuckets].fetch_add(1, std::memory_order_relaxed);
           if (!status.ok()) {
             stats_.failures.fetch_add(1, std::memory_order_relaxed);
             failed = true;
             failed_generation = generation;
             failed_status = status;
           }
+        } else if (syncer_ != nullptr) {
+          // Callbacks without operations: "durable" once everything written so far is.
+          ticket = syncer_->last_ticket();
         }
-        needs_sync = split && status.ok();
       }
       stats_.batches.fetch_add(end - i, std::memory_order_relaxed);
       for (size_t k = i; k < end; ++k) {
         jobs[k]->status = status;
-        jobs[k]->needs_sync = needs_sync;
+        jobs[k]->ticket = ticket;
         jobs[k]->batch.Clear();
-      }
-      if (needs_sync) {
-        wrote = true;
-        last_id = jobs[end - 1]->id;
-        last_generation = generation;
       }
       i = end;
     }
 
-    // "Written": the reactor may start what depends on these writes' order (not durability).
-    for (std::unique_ptr<Job>& job : jobs) push(Result{std::move(job), {}});
+    for (std::unique_ptr<Job>& job : jobs) {
+      // More results than the ring holds: let Poll drain it first.
+      while (!from_thread_.TryPush(job)) {
+        Signal();
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
     jobs.clear();
     Signal();
-
-    if (wrote) {
-      absl::Status status = sync_ ? sync_() : store_.SyncLog();
-      if (!status.ok()) {
-        stats_.failures.fetch_add(1, std::memory_order_relaxed);
-        failed = true;
-        failed_generation = std::max(failed_generation, last_generation);
-        failed_status = status;
-      }
-      push(Result{nullptr, SyncReport{last_id, last_generation, std::move(status)}});
-      Signal();
-    }
-    if (any_write) {
-      stats_.commits.fetch_add(1, std::memory_order_relaxed);
-      record(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
-                                       std::chrono::steady_clock::now() - start)
-                                       .count()));
-    }
   }
 }
 

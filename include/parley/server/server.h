@@ -46,6 +46,7 @@ class Server {
   uint16_t port_ = 0;
   // Destruction order matters: engines and writers go before the store they use.
   std::unique_ptr<store::Store> store_;
+  std::unique_ptr<store::LogSyncer> syncer_;  // with synced storage: the node's log sync
   std::unique_ptr<net::CoreMesh> mesh_;
   std::unique_ptr<chat::Router> router_;
   std::vector<std::unique_ptr<net::Reactor>> reactors_;

@@ -13,20 +13,23 @@
 // and the thread merges such queued batches). The thread calls `notify` (the reactor's
 // Notify) whenever it has results, so that Poll runs soon.
 //
-// Two phases. With synced storage the thread writes a batch without syncing (RocksDB's log and
-// memtables), reports it "written", then syncs the log and reports it durable. OnWritten
-// callbacks run at the first report, OnCommit callbacks at the second. Between the two the data
-// is readable but could still be lost by a crash; but the node has a single log, synced in
-// order, so anything written after it (by any core) is durable only once it is too. That lets
-// the next step of a message (appending it to its recipients' inboxes) start at "written" and
-// need one sync, not two. Without synced storage (and with a substituted WriteFn) the two
-// reports coincide. OnCommit callbacks of consecutive batches run in submission order; so do
-// OnWritten callbacks.
+// Two phases (with a LogSyncer, i.e. synced storage). The thread writes a batch without
+// syncing (RocksDB's log and memtables) and reports it "written"; the node's LogSyncer thread
+// syncs the log for every core at once and the batch is reported durable when that sync has
+// passed it. OnWritten callbacks run at the first report, OnCommit callbacks at the second.
+// Between the two the data is readable but could still be lost by a crash; but the node has a
+// single log, synced in order, so anything written after it (by any core) is durable only once
+// it is too. That lets the next step of a message (appending it to its recipients' inboxes)
+// start at "written" and need one sync, not two; and the writer never waits for a sync to
+// write its next batch. Without a syncer the two reports coincide. OnCommit callbacks of
+// consecutive batches run in submission order; so do OnWritten callbacks.
 //
 // Failure: if a write or sync fails (disk full, I/O error), the callbacks of the batches it
 // concerns get the error (an OnWritten callback only if the write itself failed), and so do
 // the callbacks of every batch submitted before Poll reported that failure (they may build on
 // state the failed batch was to persist). Batches submitted after it are attempted normally.
+// (A batch written after a failed sync but before Poll saw it is not held back: it commits if
+// a later sync succeeds. The store refuses writes after a failed sync until RocksDB resumes.)
 // "Submitted" counts from the moment an operation enters current(): operations (and callbacks)
 // added before Poll runs the failed batch's callbacks fail with it, without being written;
 // those added from then on, including by those callbacks, are attempted normally. Nothing
@@ -48,6 +51,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "parley/net/spsc_queue.h"
+#include "parley/store/log_syncer.h"
 #include "parley/store/store.h"
 
 namespace parley::store {
@@ -56,13 +60,15 @@ class ShardWriter {
  public:
   using Callback = absl::AnyInvocable<void(const absl::Status&)>;
 
-  // Commits a batch; Store::Write by default. Tests substitute it to inject failures, alone
-  // (one phase) or with a SyncFn (two phases: the write is unsynced, the sync follows).
+  // Commits a batch; Store::Write by default. Tests substitute it to inject failures.
   using WriteFn = std::function<absl::Status(Batch&)>;
-  using SyncFn = std::function<absl::Status()>;
 
-  ShardWriter(Store& store, std::function<void()> notify);
-  ShardWriter(Store& store, std::function<void()> notify, WriteFn write, SyncFn sync = nullptr);
+  // With a `syncer`, commits have two phases: the batch is written without a sync
+  // (Store::WriteUnsynced, or `write`), reported written, and reported durable once the
+  // syncer has synced the log past it. Without one, a commit is one Store::Write (or `write`).
+  ShardWriter(Store& store, std::function<void()> notify, LogSyncer* syncer = nullptr);
+  ShardWriter(Store& store, std::function<void()> notify, WriteFn write,
+              LogSyncer* syncer = nullptr);
   ~ShardWriter();  // commits what was submitted, then stops the thread
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;
@@ -99,18 +105,14 @@ class ShardWriter {
     Batch batch;
     uint64_t id = 0;  // submission order, from 1
     uint64_t generation = 0;
-    absl::Status status;      // of the write
-    bool needs_sync = false;  // written unsynced: durable with a later SyncReport
-  };
-  // Thread -> reactor: every job up to `through` (by id) is durable, or failed with `status`.
-  struct SyncReport {
-    uint64_t through = 0;
-    uint64_t generation = 0;
-    absl::Status status;
+    absl::Status status;  // of the write
+    uint64_t ticket = 0;  // written unsynced: durable once the syncer completes this ticket
   };
   // A submitted job's callbacks, on the reactor side.
   struct Waiting {
     uint64_t id = 0;
+    uint64_t generation = 0;
+    uint64_t ticket = 0;
     std::vector<Callback> written;
     std::vector<Callback> committed;
     bool final = false;  // status below is known (no sync to wait for)
@@ -125,7 +127,8 @@ class ShardWriter {
   Store& store_;
   std::function<void()> notify_;
   WriteFn write_;
-  SyncFn sync_;
+  LogSyncer* syncer_;
+  int listener_ = 0;
   Batch current_;
   std::vector<Callback> current_callbacks_;
   std::vector<Callback> current_written_;
@@ -136,13 +139,7 @@ class ShardWriter {
   uint64_t generation_ = 0;  // bumped by Poll when it reports a failure
 
   net::SpscQueue<std::unique_ptr<Job>> to_thread_{1024};
-  // Thread -> reactor, in order: a written job, or (job null) a sync report. One queue keeps a
-  // report behind the written reports of the jobs it covers.
-  struct Result {
-    std::unique_ptr<Job> job;
-    SyncReport report;
-  };
-  net::SpscQueue<Result> from_thread_{1024};
+  net::SpscQueue<std::unique_ptr<Job>> from_thread_{1024};
   std::deque<std::unique_ptr<Job>> backlog_;  // when to_thread_ is full
   std::atomic<uint64_t> submitted_{0};        // futex word the thread waits on
   std::atomic<bool> stop_{false};

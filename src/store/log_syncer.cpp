@@ -1,0 +1,86 @@
+#include "parley/store/log_syncer.h"
+
+#include <chrono>
+#include <utility>
+
+#include "parley/store/store.h"
+
+namespace parley::store {
+
+LogSyncer::LogSyncer(Store& store) : LogSyncer([&store] { return store.SyncLog(); }) {}
+
+LogSyncer::LogSyncer(SyncFn sync) : sync_(std::move(sync)) {
+  thread_ = std::thread([this] { ThreadMain(); });
+}
+
+LogSyncer::~LogSyncer() {
+  stop_.store(true, std::memory_order_release);
+  // A last ticket wakes the thread (a futex wait returns only on a change); it costs one sync.
+  NoteWritten();
+  thread_.join();
+}
+
+uint64_t LogSyncer::NoteWritten() {
+  const uint64_t ticket = written_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  written_.notify_one();
+  return ticket;
+}
+
+absl::Status LogSyncer::OutcomeOf(uint64_t ticket) const {
+  if (failure_count_.load(std::memory_order_acquire) == 0) return absl::OkStatus();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const FailedRange& r : failed_) {
+    if (ticket >= r.first && ticket <= r.last) return r.status;
+  }
+  return absl::OkStatus();
+}
+
+int LogSyncer::AddListener(std::function<void()> notify) {
+  std::lock_guard<std::mutex> lock(mu_);
+  listeners_.emplace_back(++next_listener_, std::move(notify));
+  return next_listener_;
+}
+
+void LogSyncer::RemoveListener(int id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = listeners_.begin(); it != listeners_.end(); ++it) {
+    if (it->first == id) {
+      listeners_.erase(it);
+      return;
+    }
+  }
+}
+
+void LogSyncer::ThreadMain() {
+  for (;;) {
+    // Every ticket up to `target` was taken after its write returned, so the sync that starts
+    // now covers it.
+    const uint64_t target = written_.load(std::memory_order_acquire);
+    const uint64_t done = completed_.load(std::memory_order_relaxed);
+    if (target == done) {
+      if (stop_.load(std::memory_order_acquire)) return;
+      written_.wait(target, std::memory_order_acquire);
+      continue;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    absl::Status status = sync_();
+    const uint64_t us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                                  std::chrono::steady_clock::now() - start)
+                                                  .count());
+    syncs_.fetch_add(1, std::memory_order_relaxed);
+    latency_sum_us_.fetch_add(us, std::memory_order_relaxed);
+    for (size_t b = 0; b < kBuckets; ++b) {
+      if (us < kBucketsUs[b]) latency_le_[b].fetch_add(1, std::memory_order_relaxed);
+    }
+    latency_le_[kBuckets].fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!status.ok()) {
+      failed_.push_back(FailedRange{done + 1, target, std::move(status)});
+      failure_count_.fetch_add(1, std::memory_order_release);
+    }
+    completed_.store(target, std::memory_order_release);
+    for (auto& [id, notify] : listeners_) notify();
+  }
+}
+
+}  // namespace parley::store
