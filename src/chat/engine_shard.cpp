@@ -425,9 +425,7 @@ void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
         for (auto& [owner, list] : by_owner) {
           deps_.router->SubmitToCore(deps_.core, owner,
                                      [&target = on(owner), list = std::move(list), msg]() mutable {
-                                       for (std::string& member : list) {
-                                         target.AppendInbox(std::move(member), msg);
-                                       }
+                                       target.AppendInbox(std::move(list), msg);
                                      });
         }
       });
@@ -453,90 +451,133 @@ void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
       });
 }
 
-void EngineShard::AppendInbox(std::string user, MessagePtr msg) {
-  auto retry = [this, user, msg] {
-    deps_.reactor->RunAfter(
-        kRetryMs, [this, user, msg]() mutable { AppendInbox(std::move(user), std::move(msg)); });
+void EngineShard::AppendInbox(std::vector<std::string> users, MessagePtr msg) {
+  // This core's members of one message: one commit callback and one confirmation hop for all
+  // of them (a 200-member group would otherwise cost 200 of each).
+  struct Appended {
+    std::string user;
+    std::vector<std::pair<int64_t, MessagePtr>> entries;  // inbox number, message
   };
-  auto loaded = LoadUser(user);
-  if (!loaded.ok()) return retry();
-  UserState& u = **loaded;
+  std::vector<Appended> appended_all;
+  std::vector<std::string> confirmed_now;  // not a member (any more), or already appended
+  auto retry = [this, msg](std::string user) {
+    deps_.reactor->RunAfter(kRetryMs, [this, user = std::move(user), msg]() mutable {
+      AppendInbox({std::move(user)}, std::move(msg));
+    });
+  };
   const bool is_group = msg->conv.size() > 2 && msg->conv[0] == 'g';
-  auto rec_or = LoadUserConv(u, msg->conv, /*create=*/!is_group);
-  if (!rec_or.ok()) return retry();
-  store::UserConvRecord* rec = *rec_or;
-  auto confirm = [this, conv = msg->conv, user, seq = msg->seq] {
-    const int shard = store::ShardOf(conv);
-    deps_.router->SubmitToShard(deps_.core, shard,
-                                [&target = on(deps_.router->CoreOfShard(shard)), conv, user, seq] {
-                                  target.FanoutConfirmed(conv, user, seq);
-                                });
-  };
-  if (rec == nullptr || msg->seq <= rec->last_seq) {
-    // Not a member (any more), or already appended (a retry or recovery got there first).
-    confirm();
-    MaybeEvict(user);
-    return;
-  }
-  // Append every seq this user has not got yet, in conversation order.
-  std::vector<std::pair<int64_t, MessagePtr>> appended;
   store::Batch& batch = deps_.writer->current();
-  for (int64_t s = rec->last_seq + 1; s <= msg->seq; ++s) {
-    MessagePtr m = msg;
-    if (s != msg->seq) {
-      auto stored = deps_.store->GetMessage(msg->conv, s);
-      if (!stored.ok()) return retry();
-      if (!stored->has_value()) continue;  // never committed (cannot happen after a commit)
-      auto copy = std::make_shared<Message>();
-      copy->conv = msg->conv;
-      copy->seq = s;
-      copy->from = (*stored)->from;
-      copy->cmid = (*stored)->cmid;
-      copy->ts = (*stored)->ts;
-      copy->body = (*stored)->body;
-      copy->meta_json = (*stored)->meta_json;
-      m = std::move(copy);
+  for (std::string& user : users) {
+    auto loaded = LoadUser(user);
+    if (!loaded.ok()) {
+      retry(std::move(user));
+      continue;
     }
-    const int64_t inbox = ++u.inbox_assigned;
-    batch.PutInbox(user, inbox, store::InboxRecord{msg->conv, s, {}});
-    rec->last_seq = s;
-    rec->last_ts = m->ts;
-    appended.emplace_back(inbox, std::move(m));
-  }
-  batch.PutUserConv(user, msg->conv, *rec);
-  ++u.pending;
-  stats_.inbox_appends.fetch_add(appended.size(), std::memory_order_relaxed);
-  deps_.writer->OnCommit([this, user, appended = std::move(appended), confirm,
-                          retry](const absl::Status& status) mutable {
-    auto it = users_.find(user);
-    if (it == users_.end()) return;  // cannot happen: pending keeps it loaded
-    UserState& u = *it->second;
-    --u.pending;
-    if (!status.ok()) {
-      // Everything not yet durable failed with this commit: start again from the store.
-      u.inbox_assigned = u.inbox_durable;
-      u.convs.clear();
-      retry();
-      return;
+    UserState& u = **loaded;
+    auto rec_or = LoadUserConv(u, msg->conv, /*create=*/!is_group);
+    if (!rec_or.ok()) {
+      retry(std::move(user));
+      continue;
     }
-    for (auto& [inbox, m] : appended) {
-      u.inbox_durable = std::max(u.inbox_durable, inbox);
-      for (Device* d : u.devices) {
-        d->DeliverMessage(inbox, *m);
-        stats_.messages_delivered.fetch_add(1, std::memory_order_relaxed);
+    store::UserConvRecord* rec = *rec_or;
+    if (rec == nullptr || msg->seq <= rec->last_seq) {
+      // Not a member (any more), or already appended (a retry or recovery got there first).
+      MaybeEvict(user);
+      confirmed_now.push_back(std::move(user));
+      continue;
+    }
+    // Append every seq this user has not got yet, in conversation order. Reads of earlier
+    // messages happen before anything of this user is added to the batch, so a failed read
+    // leaves nothing half-appended.
+    std::vector<std::pair<int64_t, MessagePtr>> entries;
+    bool read_failed = false;
+    for (int64_t s = rec->last_seq + 1; s <= msg->seq; ++s) {
+      MessagePtr m = msg;
+      if (s != msg->seq) {
+        auto stored = deps_.store->GetMessage(msg->conv, s);
+        if (!stored.ok()) {
+          read_failed = true;
+          break;
+        }
+        if (!stored->has_value()) continue;  // never committed (cannot happen after a commit)
+        auto copy = std::make_shared<Message>();
+        copy->conv = msg->conv;
+        copy->seq = s;
+        copy->from = (*stored)->from;
+        copy->cmid = (*stored)->cmid;
+        copy->ts = (*stored)->ts;
+        copy->body = (*stored)->body;
+        copy->meta_json = (*stored)->meta_json;
+        m = std::move(copy);
       }
+      entries.emplace_back(0, std::move(m));
     }
-    confirm();
-    MaybeEvict(user);
+    if (read_failed) {
+      retry(std::move(user));
+      continue;
+    }
+    for (auto& [inbox, m] : entries) {
+      inbox = ++u.inbox_assigned;
+      batch.PutInbox(user, inbox, store::InboxRecord{msg->conv, m->seq, {}});
+      rec->last_seq = m->seq;
+      rec->last_ts = m->ts;
+    }
+    batch.PutUserConv(user, msg->conv, *rec);
+    ++u.pending;
+    stats_.inbox_appends.fetch_add(entries.size(), std::memory_order_relaxed);
+    appended_all.push_back(Appended{std::move(user), std::move(entries)});
+  }
+  if (!confirmed_now.empty()) ConfirmFanout(msg->conv, std::move(confirmed_now), msg->seq);
+  if (appended_all.empty()) return;
+  deps_.writer->OnCommit([this, appended_all = std::move(appended_all), msg,
+                          retry](const absl::Status& status) mutable {
+    std::vector<std::string> confirmed;
+    confirmed.reserve(appended_all.size());
+    for (Appended& a : appended_all) {
+      auto it = users_.find(a.user);
+      if (it == users_.end()) continue;  // cannot happen: pending keeps it loaded
+      UserState& u = *it->second;
+      --u.pending;
+      if (!status.ok()) {
+        // Everything not yet durable failed with this commit: start again from the store.
+        u.inbox_assigned = u.inbox_durable;
+        u.convs.clear();
+        retry(std::move(a.user));
+        continue;
+      }
+      for (auto& [inbox, m] : a.entries) {
+        u.inbox_durable = std::max(u.inbox_durable, inbox);
+        for (Device* d : u.devices) {
+          d->DeliverMessage(inbox, *m);
+          stats_.messages_delivered.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+      MaybeEvict(a.user);
+      confirmed.push_back(std::move(a.user));
+    }
+    if (!confirmed.empty()) ConfirmFanout(msg->conv, std::move(confirmed), msg->seq);
   });
 }
 
-void EngineShard::FanoutConfirmed(const std::string& conv, const std::string& member, int64_t seq) {
+void EngineShard::ConfirmFanout(const std::string& conv, std::vector<std::string> members,
+                                int64_t seq) {
+  const int shard = store::ShardOf(conv);
+  deps_.router->SubmitToShard(
+      deps_.core, shard,
+      [&target = on(deps_.router->CoreOfShard(shard)), conv, members = std::move(members), seq] {
+        target.FanoutConfirmed(conv, members, seq);
+      });
+}
+
+void EngineShard::FanoutConfirmed(const std::string& conv, const std::vector<std::string>& members,
+                                  int64_t seq) {
   auto it = convs_.find(conv);
   if (it == convs_.end()) return;  // reloaded after a failure; recovery handles the marker
   ConvState& cs = *it->second;
-  auto& confirmed = cs.confirmed[member];
-  confirmed = std::max(confirmed, seq);
+  for (const std::string& member : members) {
+    auto& confirmed = cs.confirmed[member];
+    confirmed = std::max(confirmed, seq);
+  }
   MaybeClearFanoutMarker(conv, cs);
 }
 

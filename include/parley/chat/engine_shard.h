@@ -221,8 +221,10 @@ class EngineShard {
   void Sequence(std::shared_ptr<SendArgs> args, std::string conv, std::vector<std::string> members,
                 int origin_core);
   void SequenceDone(const std::string& from, const std::string& cmid, SendResult result);
-  void AppendInbox(std::string user, MessagePtr msg);
-  void FanoutConfirmed(const std::string& conv, const std::string& member, int64_t seq);
+  void AppendInbox(std::vector<std::string> users, MessagePtr msg);
+  void ConfirmFanout(const std::string& conv, std::vector<std::string> members, int64_t seq);
+  void FanoutConfirmed(const std::string& conv, const std::vector<std::string>& members,
+                       int64_t seq);
   void MaybeClearFanoutMarker(const std::string& conv, ConvState& cs);
 
   absl::StatusOr<UserState*> LoadUser(const std::string& user);
