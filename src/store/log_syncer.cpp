@@ -7,7 +7,18 @@
 
 namespace parley::store {
 
-LogSyncer::LogSyncer(Store& store) : LogSyncer([&store] { return store.SyncLog(); }) {}
+LogSyncer::LogSyncer(Store& store)
+    : LogSyncer([&store] {
+        // Everything in this snapshot was written before the sync starts, so it is durable
+        // once the sync succeeds: history reads may then see it.
+        Store::SnapshotRef snapshot = store.TakeSnapshot();
+        absl::Status status = store.SyncLog();
+        if (status.ok()) store.PublishDurable(std::move(snapshot));
+        return status;
+      }) {
+  // What was written before the syncer existed was written synced.
+  store.PublishDurable(store.TakeSnapshot());
+}
 
 LogSyncer::LogSyncer(SyncFn sync) : sync_(std::move(sync)) {
   thread_ = std::thread([this] { ThreadMain(); });

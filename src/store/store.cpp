@@ -348,6 +348,7 @@ Store::Store(StoreOptions options)
     : options_(std::move(options)), impl_(std::make_unique<Impl>()) {}
 
 Store::~Store() {
+  durable_.reset();  // RocksDB refuses to close with a snapshot still held
   if (db_) {
     for (rocksdb::ColumnFamilyHandle* h : impl_->handles) {
       db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
@@ -483,6 +484,22 @@ absl::Status Store::SyncLog() {
   // As after a failed write: the next write asks RocksDB to resume first.
   if (!s.ok()) write_failed_.store(true, std::memory_order_release);
   return FromRocks(s, "log sync");
+}
+
+Store::SnapshotRef Store::TakeSnapshot() {
+  rocksdb::DB* db = db_.get();
+  return SnapshotRef(db->GetSnapshot(),
+                     [db](const rocksdb::Snapshot* s) { db->ReleaseSnapshot(s); });
+}
+
+void Store::PublishDurable(SnapshotRef snapshot) {
+  SnapshotRef old;
+  {
+    std::lock_guard<std::mutex> lock(durable_mu_);
+    old = std::move(durable_);
+    durable_ = std::move(snapshot);
+  }
+  // `old` is released here, outside the lock (or by the last reader still holding it).
 }
 
 absl::Status Store::WriteWith(Batch& batch, bool sync) {
@@ -629,6 +646,12 @@ absl::Status Store::ReadHistory(std::string_view conv, int64_t before, int limit
   rocksdb::Slice lower_s(prefix), upper_s(upper);
   ro.iterate_lower_bound = &lower_s;
   ro.iterate_upper_bound = &upper_s;
+  SnapshotRef durable;
+  {
+    std::lock_guard<std::mutex> lock(durable_mu_);
+    durable = durable_;
+  }
+  ro.snapshot = durable.get();  // null: the latest state (everything is durable)
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, shards_[ShardOf(conv)]));
   it->SeekToLast();
   for (; it->Valid() && static_cast<int>(out->size()) < limit; it->Prev()) {

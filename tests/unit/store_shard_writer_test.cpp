@@ -406,3 +406,34 @@ TEST_CASE("one log sync serves the writers of every core", "[store]") {
   CHECK(store->LastInboxSeq("ann").value() == kBatches);
   CHECK(store->LastInboxSeq("bo").value() == kBatches);
 }
+
+TEST_CASE("history shows only what a log sync has made durable", "[store]") {
+  TempDir dir;
+  StoreOptions synced = parley::store::testing::TestStoreOptions(dir.path());
+  synced.sync = true;
+  auto store = OpenTestStore(synced);
+  LogSyncer syncer(*store);
+  Batch b = store->NewBatch();
+  b.PutMessage("d:ann:bo", 1, Msg(1));
+  REQUIRE(store->WriteUnsynced(b).ok());
+  // Written (point reads see it) but not synced: history does not show it yet.
+  auto m = store->GetMessage("d:ann:bo", 1);
+  REQUIRE(m.ok());
+  CHECK(m->has_value());
+  std::vector<std::pair<int64_t, MessageRecord>> out;
+  bool more = true;
+  REQUIRE(store->ReadHistory("d:ann:bo", 0, 10, &out, &more).ok());
+  CHECK(out.empty());
+  CHECK_FALSE(more);
+  // Once a sync has covered it, it does.
+  const uint64_t ticket = syncer.NoteWritten();
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (syncer.completed() < ticket) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(100us);
+  }
+  REQUIRE(store->ReadHistory("d:ann:bo", 0, 10, &out, &more).ok());
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].first == 1);
+  CHECK(out[0].second.cmid == "c-1");
+}

@@ -28,9 +28,10 @@ class LogSyncer {
  public:
   using SyncFn = std::function<absl::Status()>;
 
-  explicit LogSyncer(Store& store);  // syncs with Store::SyncLog
-  explicit LogSyncer(SyncFn sync);   // tests substitute the sync
-  ~LogSyncer();                      // completes every ticket taken, then stops
+  // Syncs with Store::SyncLog and publishes the store's durable snapshot after each sync.
+  explicit LogSyncer(Store& store);
+  explicit LogSyncer(SyncFn sync);  // tests substitute the sync
+  ~LogSyncer();                     // completes every ticket taken, then stops
   LogSyncer(const LogSyncer&) = delete;
   LogSyncer& operator=(const LogSyncer&) = delete;
 

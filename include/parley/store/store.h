@@ -25,6 +25,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -36,6 +37,7 @@
 
 namespace rocksdb {
 class DB;
+class Snapshot;
 class WriteBatch;
 class ColumnFamilyHandle;
 }  // namespace rocksdb
@@ -181,6 +183,15 @@ class Store {
   absl::Status WriteUnsynced(Batch& batch);
   absl::Status SyncLog();
 
+  // What history reads see. Between WriteUnsynced and the SyncLog after it, a write is
+  // readable but a crash could still take it back; a conversation's history must not show
+  // it. The log syncer takes a snapshot before each sync and publishes it once the sync has
+  // succeeded; ReadHistory reads through the newest published one (or everything, when none
+  // was ever published: storage without a separate sync).
+  using SnapshotRef = std::shared_ptr<const rocksdb::Snapshot>;
+  SnapshotRef TakeSnapshot();
+  void PublishDurable(SnapshotRef snapshot);
+
   // ---- Reads (any thread). Missing entries are nullopt / 0 / empty. ----
   absl::StatusOr<std::optional<DedupeRecord>> GetDedupe(std::string_view sender,
                                                         std::string_view cmid);
@@ -229,6 +240,8 @@ class Store {
   absl::Status WriteWith(Batch& batch, bool sync);
   StoreOptions options_;
   std::unique_ptr<rocksdb::DB> db_;
+  mutable std::mutex durable_mu_;  // taken per history read and per sync, never per message
+  SnapshotRef durable_;            // released before db_ closes (declared after it)
   std::vector<rocksdb::ColumnFamilyHandle*> shards_;
   // Set by a failed write; the writers (one thread per shard) share it.
   std::atomic<bool> write_failed_{false};
