@@ -46,11 +46,13 @@ ShardWriter::~ShardWriter() {
   if (syncer_ != nullptr) syncer_->RemoveListener(listener_);
 }
 
-void ShardWriter::ReportFailure(uint64_t generation) {
+void ShardWriter::ReportFailure(uint64_t generation, bool sync) {
   if (generation != generation_) return;  // this failure was reported already
   // The first report of this failure. Whatever is in current_ was added before it was
   // reported and may build on the failed state: it fails too (the thread fails every job of
-  // this generation without writing it). Later submissions get a new generation.
+  // this generation without writing it). Later submissions get a new generation. A failed
+  // write is known to the thread already; a failed sync is not: tell it.
+  if (sync) sync_failed_generation_.store(generation + 1, std::memory_order_release);
   if (!current_.empty() || !current_callbacks_.empty() || !current_written_.empty()) {
     SubmitCurrent();
   }
@@ -60,7 +62,7 @@ void ShardWriter::ReportFailure(uint64_t generation) {
 void ShardWriter::Poll() {
   while (std::optional<std::unique_ptr<Job>> popped = from_thread_.TryPop()) {
     std::unique_ptr<Job> job = std::move(*popped);
-    if (!job->status.ok()) ReportFailure(job->generation);
+    if (!job->status.ok()) ReportFailure(job->generation, /*sync=*/false);
     Waiting w = std::move(awaiting_write_.front());
     awaiting_write_.pop_front();
     --in_flight_;
@@ -89,7 +91,7 @@ void ShardWriter::Poll() {
       if (any_failure) w.status = syncer_->OutcomeOf(w.ticket);
       if (!w.status.ok()) {
         stats_.failures.fetch_add(1, std::memory_order_relaxed);
-        ReportFailure(w.generation);
+        ReportFailure(w.generation, /*sync=*/true);
       }
     }
   }
@@ -176,6 +178,13 @@ void ShardWriter::ThreadMain() {
       size_t end = i + 1;
       absl::Status status;
       uint64_t ticket = 0;
+      const uint64_t sync_failed = sync_failed_generation_.load(std::memory_order_acquire);
+      if (sync_failed != 0 && (!failed || failed_generation < sync_failed - 1)) {
+        // The reactor saw a failed sync of this generation: its remaining jobs fail unwritten.
+        failed = true;
+        failed_generation = sync_failed - 1;
+        failed_status = absl::UnavailableError("store: log sync failed");
+      }
       if (failed && generation <= failed_generation) {
         while (end < jobs.size() && jobs[end]->generation == generation) ++end;
         status = failed_status;

@@ -437,3 +437,41 @@ TEST_CASE("history shows only what a log sync has made durable", "[store]") {
   CHECK(out[0].first == 1);
   CHECK(out[0].second.cmid == "c-1");
 }
+
+TEST_CASE("after a failed sync, what was added before the failure was seen fails unwritten",
+          "[store]") {
+  TempDir dir;
+  auto store = OpenTestStore(dir.path());
+  Driver d;
+  std::atomic<bool> release{false};
+  std::atomic<int> syncs{0};
+  LogSyncer syncer([&]() -> absl::Status {
+    if (syncs.fetch_add(1) == 0) {
+      while (!release.load()) std::this_thread::sleep_for(100us);
+      return absl::UnavailableError("injected sync failure");
+    }
+    return absl::OkStatus();
+  });
+  ShardWriter w(
+      *store, d.notify(), [&](Batch& b) { return store->WriteUnsynced(b); }, &syncer);
+  std::vector<std::string> log;
+  w.current().PutInbox("bob", 1, InboxRecord{"d:alice:bob", 1, ""});
+  w.OnWritten([&](const absl::Status& s) { log.push_back(s.ok() ? "w1" : "w1-err"); });
+  w.OnCommit([&](const absl::Status& s) { log.push_back(s.ok() ? "c1" : "c1-err"); });
+  w.Poll();
+  d.PollUntil(w, [&] { return log.size() == 1; });  // written; its sync is held
+  // Added while the failing sync is under way, before any Poll could see the failure.
+  w.current().PutInbox("bob", 2, InboxRecord{"d:alice:bob", 2, ""});
+  w.OnWritten([&](const absl::Status& s) { log.push_back(s.ok() ? "w2" : "w2-err"); });
+  w.OnCommit([&](const absl::Status& s) { log.push_back(s.ok() ? "c2" : "c2-err"); });
+  release.store(true);
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (syncer.completed() < 1) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(100us);
+  }
+  d.Drain(w);
+  CHECK(log == std::vector<std::string>{"w1", "c1-err", "w2-err", "c2-err"});
+  // The second batch was never written.
+  CHECK(store->LastInboxSeq("bob").value() == 1);
+}

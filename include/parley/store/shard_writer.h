@@ -28,8 +28,9 @@
 // concerns get the error (an OnWritten callback only if the write itself failed), and so do
 // the callbacks of every batch submitted before Poll reported that failure (they may build on
 // state the failed batch was to persist). Batches submitted after it are attempted normally.
-// (A batch written after a failed sync but before Poll saw it is not held back: it commits if
-// a later sync succeeds. The store refuses writes after a failed sync until RocksDB resumes.)
+// (After a failed sync, the batches of that generation not yet written fail unwritten; one
+// being written when Poll saw the failure commits if a later sync succeeds. The store refuses
+// writes after a failed sync until RocksDB resumes.)
 // "Submitted" counts from the moment an operation enters current(): operations (and callbacks)
 // added before Poll runs the failed batch's callbacks fail with it, without being written;
 // those added from then on, including by those callbacks, are attempted normally. Nothing
@@ -118,7 +119,8 @@ class ShardWriter {
     bool final = false;  // status below is known (no sync to wait for)
     absl::Status status;
   };
-  void ReportFailure(uint64_t generation);  // reactor side: first report of a failure
+  // Reactor side: the first report of a failure (of a write, or of a sync).
+  void ReportFailure(uint64_t generation, bool sync);
   void ThreadMain();
   void SubmitCurrent();  // seals current_ and its callbacks into a job of generation_
   void FlushBacklog();   // moves backlog_ into to_thread_ as far as it fits, wakes the thread
@@ -143,6 +145,8 @@ class ShardWriter {
   std::deque<std::unique_ptr<Job>> backlog_;  // when to_thread_ is full
   std::atomic<uint64_t> submitted_{0};        // futex word the thread waits on
   std::atomic<bool> stop_{false};
+  // Reactor -> thread: 1 + the newest generation with a failed sync (0: none).
+  std::atomic<uint64_t> sync_failed_generation_{0};
   std::atomic<uint64_t> completed_{0};           // bumped by the thread per result delivery
   std::vector<std::unique_ptr<Job>> free_jobs_;  // finished jobs kept to reuse their buffers
   Stats stats_;
