@@ -67,6 +67,12 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     limits.max_users_per_request =
         std::max<uint32_t>(ctx_.config->limits.max_watch, ctx_.config->limits.max_group_size);
     if (!proto::DecodeRequest(ctx_.json_parser, padded, limits, &req, &err)) {
+      // An undecodable request still costs a parse and an answer: it draws on the same bucket
+      // as the other requests, so a flood of junk meets rate_limited and then 4029 too.
+      if (!AllowRequest(ws)) {
+        if (!ws.closing()) SendError(err.id, "rate_limited", "too many requests; slow down");
+        return;
+      }
       SendError(err.id, err.code, err.message);
       // A request with a known op before authentication (a hello with invalid fields, or any
       // other op) ends the connection; text that is not a request at all leaves it open.

@@ -149,6 +149,18 @@ class RequestRateLimitTest(ServerTestCase):
         bob = await self.client(user="bob")
         self.assertEqual((await bob.request("convs"))["op"], "ok")
 
+    async def test_undecodable_requests_draw_on_the_same_bucket(self):
+        alice = await self.client(user="alice")
+        code, oks, limited = await alice.flood({"op": "no_such_op", "id": 2000 + i}
+                                               for i in range(200))
+        self.assertEqual(code, 4029)
+        bad = [e for e in alice.queued("error") if e.get("code") == "bad_request"]
+        self.assertGreater(len(bad), 0, "the first ones are answered bad_request")
+        self.assertLessEqual(len(bad), 10, "at most burst + refill were answered")
+        self.assertGreater(len(limited), 0)
+        self.assertLessEqual(len(bad) + len(limited), 50)
+        self.assertEqual(oks, [])
+
 
 def raw_ws_connect(port, rcvbuf=4096):
     """A WebSocket connection over a plain socket with a small receive buffer, so that a test
