@@ -18,6 +18,13 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// A store whose writes are synced: the two-phase (LogSyncer) path.
+std::unique_ptr<Store> OpenSyncedStore(const std::string& dir) {
+  StoreOptions o = parley::store::testing::TestStoreOptions(dir);
+  o.sync = true;
+  return OpenTestStore(o);
+}
+
 MessageRecord Msg(int64_t n) {
   return MessageRecord{"alice", "c-" + std::to_string(n), n, "x", ""};
 }
@@ -295,9 +302,7 @@ TEST_CASE("shard writer destructor commits and completes everything submitted", 
 TEST_CASE("with synced storage OnWritten runs before OnCommit, each in submission order",
           "[store]") {
   TempDir dir;
-  StoreOptions synced = parley::store::testing::TestStoreOptions(dir.path());
-  synced.sync = true;
-  auto store = OpenTestStore(synced);
+  auto store = OpenSyncedStore(dir.path());
   LogSyncer syncer(*store);
   Driver d;
   ShardWriter w(*store, d.notify(), &syncer);
@@ -341,6 +346,17 @@ TEST_CASE("with synced storage OnWritten runs before OnCommit, each in submissio
   CHECK(w.stats().failures.load() == 0);
 }
 
+// Adds bob's inbox entry n to the writer's current batch, logging "w<n>" / "c<n>" (with
+// "-err" on failure) when the batch is reported written and durable.
+void AddLoggedInbox(ShardWriter& w, std::vector<std::string>& log, int n) {
+  const std::string tag = std::to_string(n);
+  w.current().PutInbox("bob", n, InboxRecord{"d:alice:bob", n, ""});
+  w.OnWritten(
+      [&log, tag](const absl::Status& s) { log.push_back("w" + tag + (s.ok() ? "" : "-err")); });
+  w.OnCommit(
+      [&log, tag](const absl::Status& s) { log.push_back("c" + tag + (s.ok() ? "" : "-err")); });
+}
+
 TEST_CASE("a failed sync fails OnCommit, not OnWritten, and later batches commit", "[store]") {
   TempDir dir;
   auto store = OpenTestStore(dir.path());
@@ -353,17 +369,13 @@ TEST_CASE("a failed sync fails OnCommit, not OnWritten, and later batches commit
   ShardWriter w(
       *store, d.notify(), [&](Batch& b) { return store->WriteUnsynced(b); }, &syncer);
   std::vector<std::string> log;
-  w.current().PutInbox("bob", 1, InboxRecord{"d:alice:bob", 1, ""});
-  w.OnWritten([&](const absl::Status& s) { log.push_back(s.ok() ? "w1" : "w1-err"); });
-  w.OnCommit([&](const absl::Status& s) { log.push_back(s.ok() ? "c1" : "c1-err"); });
+  AddLoggedInbox(w, log, 1);
   w.Poll();
   d.PollUntil(w, [&] { return log.size() == 2; });
   CHECK(log == std::vector<std::string>{"w1", "c1-err"});
   CHECK(w.stats().failures.load() == 1);
   // Submitted after the failure was reported: attempted normally.
-  w.current().PutInbox("bob", 2, InboxRecord{"d:alice:bob", 2, ""});
-  w.OnWritten([&](const absl::Status& s) { log.push_back(s.ok() ? "w2" : "w2-err"); });
-  w.OnCommit([&](const absl::Status& s) { log.push_back(s.ok() ? "c2" : "c2-err"); });
+  AddLoggedInbox(w, log, 2);
   w.Poll();
   d.Drain(w);
   CHECK(log == std::vector<std::string>{"w1", "c1-err", "w2", "c2"});
@@ -376,9 +388,7 @@ TEST_CASE("a failed sync fails OnCommit, not OnWritten, and later batches commit
 
 TEST_CASE("one log sync serves the writers of every core", "[store]") {
   TempDir dir;
-  StoreOptions synced = parley::store::testing::TestStoreOptions(dir.path());
-  synced.sync = true;
-  auto store = OpenTestStore(synced);
+  auto store = OpenSyncedStore(dir.path());
   LogSyncer syncer(*store);
   Driver d0, d1;
   constexpr int kBatches = 200;
@@ -409,9 +419,7 @@ TEST_CASE("one log sync serves the writers of every core", "[store]") {
 
 TEST_CASE("history shows only what a log sync has made durable", "[store]") {
   TempDir dir;
-  StoreOptions synced = parley::store::testing::TestStoreOptions(dir.path());
-  synced.sync = true;
-  auto store = OpenTestStore(synced);
+  auto store = OpenSyncedStore(dir.path());
   LogSyncer syncer(*store);
   Batch b = store->NewBatch();
   b.PutMessage("d:ann:bo", 1, Msg(1));
@@ -455,15 +463,11 @@ TEST_CASE("after a failed sync, what was added before the failure was seen fails
   ShardWriter w(
       *store, d.notify(), [&](Batch& b) { return store->WriteUnsynced(b); }, &syncer);
   std::vector<std::string> log;
-  w.current().PutInbox("bob", 1, InboxRecord{"d:alice:bob", 1, ""});
-  w.OnWritten([&](const absl::Status& s) { log.push_back(s.ok() ? "w1" : "w1-err"); });
-  w.OnCommit([&](const absl::Status& s) { log.push_back(s.ok() ? "c1" : "c1-err"); });
+  AddLoggedInbox(w, log, 1);
   w.Poll();
   d.PollUntil(w, [&] { return log.size() == 1; });  // written; its sync is held
   // Added while the failing sync is under way, before any Poll could see the failure.
-  w.current().PutInbox("bob", 2, InboxRecord{"d:alice:bob", 2, ""});
-  w.OnWritten([&](const absl::Status& s) { log.push_back(s.ok() ? "w2" : "w2-err"); });
-  w.OnCommit([&](const absl::Status& s) { log.push_back(s.ok() ? "c2" : "c2-err"); });
+  AddLoggedInbox(w, log, 2);
   release.store(true);
   const auto deadline = std::chrono::steady_clock::now() + 30s;
   while (syncer.completed() < 1) {
