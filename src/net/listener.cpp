@@ -12,8 +12,10 @@
 
 namespace parley::net {
 
-absl::StatusOr<int> OpenListener(const std::string& host, uint16_t port, bool reuse_port,
-                                 int backlog) {
+namespace {
+
+// A socket bound to host:port, not yet listening.
+absl::StatusOr<int> BindSocket(const std::string& host, uint16_t port, bool reuse_port) {
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
   int family = AF_INET;
@@ -44,12 +46,31 @@ absl::StatusOr<int> OpenListener(const std::string& host, uint16_t port, bool re
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", host, ":", port, ": ", strerror(err)));
   }
+  return fd;
+}
+
+}  // namespace
+
+absl::StatusOr<int> OpenListener(const std::string& host, uint16_t port, bool reuse_port,
+                                 int backlog) {
+  auto bound = BindSocket(host, port, reuse_port);
+  if (!bound.ok()) return bound.status();
+  const int fd = *bound;
   if (::listen(fd, backlog) != 0) {
     int err = errno;
     ::close(fd);
     return absl::UnavailableError(absl::StrCat("listen: ", strerror(err)));
   }
   return fd;
+}
+
+absl::Status CheckPortFree(const std::string& host, uint16_t port) {
+  // Without SO_REUSEPORT, bind fails while any socket listens on the port, whoever owns it.
+  // (SO_REUSEADDR stays on, so connections of an earlier run in TIME_WAIT do not count.)
+  auto probe = BindSocket(host, port, /*reuse_port=*/false);
+  if (!probe.ok()) return probe.status();
+  ::close(*probe);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<uint16_t> BoundPort(int fd) {

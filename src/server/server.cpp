@@ -41,6 +41,10 @@ absl::Status Server::Start() {
 
   // One SO_REUSEPORT socket per core; with port 0 the first one picks the port for all.
   uint16_t port = address->port;
+  if (port != 0) {
+    absl::Status free = net::CheckPortFree(address->host, port);
+    if (!free.ok()) return free;
+  }
   for (int i = 0; i < threads_; ++i) {
     auto fd = net::OpenListener(address->host, port, /*reuse_port=*/true);
     if (!fd.ok()) return fd.status();

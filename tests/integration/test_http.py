@@ -413,6 +413,33 @@ class VersionHelpTest(unittest.TestCase):
                 self.assertTrue(proc.stdout.strip(), "%s printed nothing" % flag)
 
 
+class StartupTest(unittest.TestCase):
+    def test_second_server_on_a_busy_port_exits_with_a_clear_error(self):
+        # The kernel would let a second process of the same user join the first one's
+        # SO_REUSEPORT group and take half of its new connections; it must refuse instead.
+        import subprocess
+        import tempfile
+        first = parley_harness.ParleyServer(name="parley[first-on-port]").start()
+        try:
+            with tempfile.TemporaryDirectory(prefix="parley-it-") as data:
+                proc = subprocess.run(
+                    [parley_harness.parley_bin(), "--listen", "127.0.0.1:%d" % first.port,
+                     "--data", data, "--threads", "2"],
+                    capture_output=True, timeout=10)
+            self.assertNotEqual(proc.returncode, 0, proc)
+            self.assertIn(b"in use", proc.stdout + proc.stderr, proc)
+            # The first server still answers every connection.
+            for _ in range(20):
+                c = RawHttp(first)
+                try:
+                    c.send("GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                    self.assertEqual(c.read_response().status, 200)
+                finally:
+                    c.close()
+        finally:
+            first.stop()
+
+
 class ShutdownTest(unittest.TestCase):
     def test_sigint_exits_0(self):
         import signal

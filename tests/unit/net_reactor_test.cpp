@@ -112,6 +112,23 @@ uint16_t StartServing(Cluster& cluster) {
 
 }  // namespace
 
+TEST_CASE("a port another SO_REUSEPORT listener holds is reported busy", "[net]") {
+  // Two reuse-port listeners of one user may share a port; the check is what keeps a second
+  // server from silently taking half of the first one's connections.
+  auto first = OpenListener("127.0.0.1", 0, /*reuse_port=*/true);
+  REQUIRE(first.ok());
+  auto port = BoundPort(*first);
+  REQUIRE(port.ok());
+  auto second = OpenListener("127.0.0.1", *port, /*reuse_port=*/true);
+  CHECK(second.ok());  // what the check exists for: the kernel would allow this
+  if (second.ok()) ::close(*second);
+  absl::Status busy = CheckPortFree("127.0.0.1", *port);
+  CHECK(absl::IsUnavailable(busy));
+  CHECK(busy.message().find("in use") != std::string::npos);
+  ::close(*first);
+  CHECK(CheckPortFree("127.0.0.1", *port).ok());
+}
+
 TEST_CASE("reactor accepts, echoes and closes after flushing", "[net]") {
   Cluster cluster(1);
   int c = ConnectTo(StartServing<EchoHandler>(cluster));

@@ -14,6 +14,12 @@ namespace parley::net {
 absl::StatusOr<int> OpenListener(const std::string& host, uint16_t port, bool reuse_port,
                                  int backlog = 4096);
 
+// OK if nothing listens on host:port now. SO_REUSEPORT lets every process of the same user
+// bind the port beside us, and the kernel would then split new connections between them, so
+// a second server started on a busy port would silently take half of the users. Call before
+// opening the SO_REUSEPORT listeners; it cannot close the window between check and bind.
+absl::Status CheckPortFree(const std::string& host, uint16_t port);
+
 // The local port a socket is bound to.
 absl::StatusOr<uint16_t> BoundPort(int fd);
 
