@@ -409,17 +409,16 @@ void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
   // written after it in the node's single log, so the append's own sync makes both durable
   // (the recipient sees the message after one sync, not two). The sender's ok waits for this
   // batch's sync.
-  auto shared_members = std::make_shared<const std::vector<std::string>>(std::move(members));
   deps_.writer->OnWritten(
-      [this, msg = MessagePtr(msg), members = shared_members](const absl::Status& status) {
+      [this, msg = MessagePtr(msg), members = std::move(members)](const absl::Status& status) {
         if (!status.ok()) return;  // the OnCommit below reports the failure
         auto it = convs_.find(msg->conv);
         if (it != convs_.end()) {
-          for (const std::string& m : *members) it->second->confirmed.try_emplace(m, msg->seq - 1);
+          for (const std::string& m : members) it->second->confirmed.try_emplace(m, msg->seq - 1);
         }
         // One hop per owner, not per member: a 200-member group costs a task per core.
         absl::flat_hash_map<int, std::vector<std::string>> by_owner;
-        for (const std::string& member : *members) {
+        for (const std::string& member : members) {
           by_owner[deps_.router->CoreOfUser(member)].push_back(member);
         }
         for (auto& [owner, list] : by_owner) {
@@ -592,12 +591,7 @@ void EngineShard::MaybeClearFanoutMarker(const std::string& conv, ConvState& cs)
 }
 
 void EngineShard::RecordSendLatency(int64_t start_us) {
-  static constexpr int64_t kBoundsUs[] = {500, 1000, 2000, 5000, 10000, 50000, 250000};
-  const int64_t us = NowMicros() - start_us;
-  size_t bucket = 0;
-  while (bucket < 7 && us >= kBoundsUs[bucket]) ++bucket;
-  stats_.send_latency_le[bucket].fetch_add(1, std::memory_order_relaxed);
-  stats_.send_latency_sum_us.fetch_add(static_cast<uint64_t>(us), std::memory_order_relaxed);
+  stats_.send_latency.Record(static_cast<uint64_t>(std::max<int64_t>(0, NowMicros() - start_us)));
 }
 
 // ---------------------------------------------------------------- per-user requests

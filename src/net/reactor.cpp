@@ -409,6 +409,11 @@ void Reactor::OnAccept(int res, uint32_t flags) {
 }
 
 void Reactor::Refuse(int fd, std::string_view why) {
+  AnswerRefusal(fd, why);
+  ::close(fd);
+}
+
+void Reactor::AnswerRefusal(int fd, std::string_view why) {
   refused_.fetch_add(1, std::memory_order_relaxed);
   // Best effort and never blocking: whatever the client sent is read first so that the close
   // sends FIN rather than RST and the client sees the answer.
@@ -422,7 +427,6 @@ void Reactor::Refuse(int fd, std::string_view why) {
   [[maybe_unused]] ssize_t sent =
       ::send(fd, answer.data(), answer.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
   ::shutdown(fd, SHUT_WR);
-  ::close(fd);
 }
 
 void Reactor::ShedBacklog() {
@@ -434,16 +438,21 @@ void Reactor::ShedBacklog() {
   // last time: get the reserve back first, or there is nothing to refuse with.
   if (reserve_fd_ < 0) reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (reserve_fd_ < 0) return;
-  ::close(reserve_fd_);
-  reserve_fd_ = -1;
   for (int i = 0; i < 64; ++i) {
     pollfd pfd{listen_fd_, POLLIN, 0};
     if (::poll(&pfd, 1, 0) <= 0 || !(pfd.revents & POLLIN)) break;
-    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) break;
-    Refuse(fd, "server out of file descriptors");
+    // The freed slot is free only until accept4 takes it again: the refused socket then
+    // stays open (answered and shut down) as the new reserve. Closing it and reopening
+    // /dev/null instead would leave the slot free just as the refused client reconnects, and
+    // another core's accept could take it, leaving this core nothing to refuse with.
+    ::close(reserve_fd_);
+    reserve_fd_ = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (reserve_fd_ < 0) {
+      reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      break;
+    }
+    AnswerRefusal(reserve_fd_, "server out of file descriptors");
   }
-  reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
 PeerKey Reactor::ReadPeer(int fd) {

@@ -9,6 +9,9 @@
 #include "absl/strings/str_cat.h"
 #include "parley/net/listener.h"
 #include "parley/server/chat_endpoint.h"
+#include "parley/util/latency_histogram.h"
+#include "parley/util/strings.h"
+#include "parley/util/thread_name.h"
 
 namespace parley::server {
 
@@ -102,6 +105,7 @@ absl::Status Server::Start() {
     mesh_->Attach(i, reactor);
     writers_.push_back(std::make_unique<store::ShardWriter>(
         *store_, [reactor] { reactor->Notify(); }, syncer_.get()));
+    writers_.back()->NameThread(StrCat("parley-store", i));
     chat::EngineShard::Deps deps;
     deps.core = i;
     deps.config = &config_;
@@ -136,7 +140,10 @@ absl::Status Server::Start() {
     return out;
   };
 
-  for (int i = 0; i < threads_; ++i) threads_running_.emplace_back([this, i] { CoreMain(i); });
+  for (int i = 0; i < threads_; ++i) {
+    threads_running_.emplace_back([this, i] { CoreMain(i); });
+    NameThread(threads_running_.back(), StrCat("parley-core", i));
+  }
   while (init_done_.load() < threads_) std::this_thread::yield();
   if (init_failed_.load()) {
     go_.store(true);
@@ -216,61 +223,26 @@ void Server::AppendEngineMetrics(std::string* out) {
          [this](E& e, W&) { return mesh_->overflowed(e.core()); });
 
   // Histograms, summed over cores.
-  // `bucket(i, b)` is core i's count for bucket b: either per bucket (the engines count each
-  // sample once) or already cumulative as Prometheus wants it (the writers), per `cumulative_in`.
-  auto histogram = [&](const char* name, const char* help, const auto& bounds_s, bool cumulative_in,
-                       auto bucket, auto sum_s) {
-    absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " histogram\n");
-    uint64_t cumulative = 0;
-    const size_t n = sizeof(bounds_s) / sizeof(bounds_s[0]);
-    for (size_t b = 0; b <= n; ++b) {
-      if (cumulative_in) cumulative = 0;
-      for (size_t i = 0; i < engines_.size(); ++i) cumulative += bucket(i, b);
-      absl::StrAppend(out, name, "_bucket{le=\"", b < n ? absl::StrCat(bounds_s[b]) : "+Inf",
-                      "\"} ", cumulative, "\n");
-    }
-    double sum = 0;
-    for (size_t i = 0; i < engines_.size(); ++i) sum += sum_s(i);
-    absl::StrAppend(out, name, "_sum ", sum, "\n", name, "_count ", cumulative, "\n");
-  };
-  static constexpr double kSendBounds[] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25};
-  histogram(
-      "parley_send_commit_seconds", "Time from sequencing a message to its durable commit.",
-      kSendBounds, /*cumulative_in=*/false,
-      [this](size_t i, size_t b) {
-        return engines_[i]->stats().send_latency_le[b].load(std::memory_order_relaxed);
-      },
-      [this](size_t i) {
-        return engines_[i]->stats().send_latency_sum_us.load(std::memory_order_relaxed) / 1e6;
-      });
-  double commit_bounds[W::Stats::kBuckets];
-  for (size_t b = 0; b < W::Stats::kBuckets; ++b) commit_bounds[b] = W::Stats::kBucketsUs[b] / 1e6;
-  histogram(
-      "parley_storage_commit_seconds",
+  std::vector<const LatencyHistogram*> parts;
+  for (const auto& e : engines_) parts.push_back(&e->stats().send_latency);
+  LatencyHistogram::AppendPrometheus(out, "parley_send_commit_seconds",
+                                     "Time from sequencing a message to its durable commit.",
+                                     parts);
+  parts.clear();
+  for (const auto& w : writers_) parts.push_back(&w->stats().latency);
+  LatencyHistogram::AppendPrometheus(
+      out, "parley_storage_commit_seconds",
       "Duration of one group commit's write (with fsync unless a separate log sync follows: see "
       "parley_storage_log_sync_seconds).",
-      commit_bounds, /*cumulative_in=*/true,
-      [this](size_t i, size_t b) {
-        return writers_[i]->stats().latency_le[b].load(std::memory_order_relaxed);
-      },
-      [this](size_t i) {
-        return writers_[i]->stats().latency_sum_us.load(std::memory_order_relaxed) / 1e6;
-      });
+      parts);
   if (syncer_ != nullptr) {
     // Node-wide: one thread syncs the log for every core.
-    const char* name = "parley_storage_log_sync_seconds";
-    absl::StrAppend(out, "# HELP ", name,
-                    " Duration of one sync of the write-ahead log (fdatasync), which makes every "
-                    "core's writes before it durable.\n# TYPE ",
-                    name, " histogram\n");
-    using L = store::LogSyncer;
-    for (size_t b = 0; b <= L::kBuckets; ++b) {
-      absl::StrAppend(out, name, "_bucket{le=\"",
-                      b < L::kBuckets ? absl::StrCat(L::kBucketsUs[b] / 1e6) : "+Inf", "\"} ",
-                      syncer_->sync_latency_le(b), "\n");
-    }
-    absl::StrAppend(out, name, "_sum ", syncer_->sync_latency_sum_us() / 1e6, "\n", name, "_count ",
-                    syncer_->sync_latency_le(L::kBuckets), "\n");
+    const LatencyHistogram* sync = &syncer_->sync_latency();
+    LatencyHistogram::AppendPrometheus(
+        out, "parley_storage_log_sync_seconds",
+        "Duration of one sync of the write-ahead log (fdatasync), which makes every core's "
+        "writes before it durable.",
+        {&sync, 1});
   }
   store::Store::Stats st = store_->GetStats();
   absl::StrAppend(out, "# HELP parley_storage_live_data_bytes Estimated live data in RocksDB.\n",

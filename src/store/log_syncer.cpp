@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "parley/store/store.h"
+#include "parley/util/thread_name.h"
 
 namespace parley::store {
 
@@ -22,6 +23,7 @@ LogSyncer::LogSyncer(Store& store)
 
 LogSyncer::LogSyncer(SyncFn sync) : sync_(std::move(sync)) {
   thread_ = std::thread([this] { ThreadMain(); });
+  NameThread(thread_, "parley-logsync");
 }
 
 LogSyncer::~LogSyncer() {
@@ -79,11 +81,7 @@ void LogSyncer::ThreadMain() {
                                                   std::chrono::steady_clock::now() - start)
                                                   .count());
     syncs_.fetch_add(1, std::memory_order_relaxed);
-    latency_sum_us_.fetch_add(us, std::memory_order_relaxed);
-    for (size_t b = 0; b < kBuckets; ++b) {
-      if (us < kBucketsUs[b]) latency_le_[b].fetch_add(1, std::memory_order_relaxed);
-    }
-    latency_le_[kBuckets].fetch_add(1, std::memory_order_relaxed);
+    sync_latency_.Record(us);
     std::lock_guard<std::mutex> lock(mu_);
     if (!status.ok()) {
       failed_.push_back(FailedRange{done + 1, target, std::move(status)});

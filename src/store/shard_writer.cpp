@@ -6,6 +6,8 @@
 #include <optional>
 #include <utility>
 
+#include "parley/util/thread_name.h"
+
 namespace parley::store {
 
 namespace {
@@ -44,6 +46,10 @@ ShardWriter::~ShardWriter() {
   submitted_.notify_one();
   thread_.join();
   if (syncer_ != nullptr) syncer_->RemoveListener(listener_);
+}
+
+void ShardWriter::NameThread(std::string_view name) {
+  parley::NameThread(thread_, name);
 }
 
 void ShardWriter::ReportFailure(uint64_t generation, bool sync) {
@@ -210,13 +216,7 @@ void ShardWriter::ThreadMain() {
                                         .count());
           stats_.commits.fetch_add(1, std::memory_order_relaxed);
           stats_.bytes.fetch_add(merged.ByteSize(), std::memory_order_relaxed);
-          stats_.latency_sum_us.fetch_add(us, std::memory_order_relaxed);
-          for (size_t b = 0; b < Stats::kBuckets; ++b) {
-            if (us < Stats::kBucketsUs[b]) {
-              stats_.latency_le[b].fetch_add(1, std::memory_order_relaxed);
-            }
-          }
-          stats_.latency_le[Stats::kBuckets].fetch_add(1, std::memory_order_relaxed);
+          stats_.latency.Record(us);
           if (!status.ok()) {
             stats_.failures.fetch_add(1, std::memory_order_relaxed);
             failed = true;

@@ -206,6 +206,9 @@ class MetricsTest(ServerTestCase):
         commits = total("parley_storage_commits_total")
         self.assertGreaterEqual(m["parley_storage_commit_seconds_count"], commits)
         self.assertLessEqual(m["parley_storage_commit_seconds_count"], commits + 4)
+        # With fsync durability (the default) one log sync made each of those commits durable.
+        self.assert_histogram(m, "parley_storage_log_sync_seconds", 1)
+        self.assertLessEqual(m["parley_storage_log_sync_seconds_count"], commits + 4)
         # Unsent outbound bytes per core: present for every core, never negative.
         outbound = {k: v for k, v in m.items() if k.startswith("parley_outbound_bytes{")}
         self.assertEqual(len(outbound), len([k for k in m if k.startswith("parley_websockets{")]))

@@ -440,6 +440,21 @@ class StartupTest(unittest.TestCase):
             first.stop()
 
 
+    def test_threads_are_named_for_operators(self):
+        # top -H, ps -L and perf show which thread is which: a reactor per core, a store
+        # writer per core and the log-sync thread (fsync durability is the default).
+        server = parley_harness.ParleyServer(name="parley[thread-names]", threads=2).start()
+        try:
+            task_dir = "/proc/%d/task" % server.proc.pid
+            names = sorted(open(os.path.join(task_dir, t, "comm")).read().strip()
+                           for t in os.listdir(task_dir))
+            for want in ("parley-core0", "parley-core1", "parley-store0", "parley-store1",
+                         "parley-logsync"):
+                self.assertEqual(names.count(want), 1, (want, names))
+        finally:
+            server.stop()
+
+
 class ShutdownTest(unittest.TestCase):
     def test_sigint_exits_0(self):
         import signal

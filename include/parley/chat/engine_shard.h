@@ -46,6 +46,7 @@
 #include "parley/net/reactor.h"
 #include "parley/store/shard_writer.h"
 #include "parley/store/store.h"
+#include "parley/util/latency_histogram.h"
 
 namespace parley::chat {
 
@@ -185,8 +186,7 @@ class EngineShard {
     std::atomic<uint64_t> inbox_appends{0};
     std::atomic<int64_t> online_devices{0};
     std::atomic<int64_t> online_users{0};
-    std::atomic<uint64_t> send_latency_le[8] = {};  // < 0.5,1,2,5,10,50,250 ms, +Inf
-    std::atomic<uint64_t> send_latency_sum_us{0};
+    LatencyHistogram send_latency;  // sequencing -> durable commit
   };
   const Stats& stats() const { return stats_; }
 

@@ -261,7 +261,10 @@ class Reactor {
   void OnAccept(int res, uint32_t flags);
   // Answers an accepted socket we will not serve with a short HTTP 503 and closes it.
   void Refuse(int fd, std::string_view why);
-  // Out of descriptors: frees the reserve descriptor to accept and refuse what is waiting.
+  // The same answer, then shuts the socket down but keeps its descriptor.
+  void AnswerRefusal(int fd, std::string_view why);
+  // Out of descriptors: trades the reserve descriptor for each waiting client in turn, to
+  // refuse it; the last refused socket is kept as the new reserve.
   void ShedBacklog();
   void CountPeer(Connection* conn, int delta);
   static PeerKey ReadPeer(int fd);
@@ -301,7 +304,7 @@ class Reactor {
   AcceptHandlerFactory accept_factory_;
   bool accept_armed_ = false;
   int64_t accept_retry_at_ = 0;
-  int reserve_fd_ = -1;  // held so that EMFILE still leaves one descriptor to refuse with
+  int reserve_fd_ = -1;  // /dev/null or a refused socket: EMFILE still leaves one to refuse with
   absl::flat_hash_map<PeerKey, uint32_t> per_address_;
   std::atomic<uint64_t> refused_{0};  // read by /metrics on other cores
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "parley/util/latency_histogram.h"
 
 namespace parley::store {
 
@@ -50,15 +51,9 @@ class LogSyncer {
   int AddListener(std::function<void()> notify);
   void RemoveListener(int id);
 
-  // Figures for /metrics: syncs and their latency (cumulative buckets, as Prometheus wants).
-  static constexpr uint64_t kBucketsUs[] = {100,  250,   500,   1000,   2500,
-                                            5000, 10000, 25000, 100000, 1000000};
-  static constexpr size_t kBuckets = sizeof(kBucketsUs) / sizeof(kBucketsUs[0]);
+  // Figures for /metrics: syncs and their latency.
   uint64_t syncs() const { return syncs_.load(std::memory_order_relaxed); }
-  uint64_t sync_latency_le(size_t bucket) const {
-    return latency_le_[bucket].load(std::memory_order_relaxed);
-  }
-  uint64_t sync_latency_sum_us() const { return latency_sum_us_.load(std::memory_order_relaxed); }
+  const LatencyHistogram& sync_latency() const { return sync_latency_; }
 
  private:
   struct FailedRange {
@@ -72,8 +67,7 @@ class LogSyncer {
   std::atomic<uint64_t> completed_{0};  // tickets with an outcome
   std::atomic<uint64_t> failure_count_{0};
   std::atomic<uint64_t> syncs_{0};
-  std::atomic<uint64_t> latency_le_[kBuckets + 1] = {};  // last = +Inf
-  std::atomic<uint64_t> latency_sum_us_{0};
+  LatencyHistogram sync_latency_;
   std::atomic<bool> stop_{false};
   mutable std::mutex mu_;  // guards failed_ and listeners_ (never taken on a reactor's hot path)
   std::vector<FailedRange> failed_;

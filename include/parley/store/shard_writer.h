@@ -46,6 +46,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -54,6 +55,7 @@
 #include "parley/net/spsc_queue.h"
 #include "parley/store/log_syncer.h"
 #include "parley/store/store.h"
+#include "parley/util/latency_histogram.h"
 
 namespace parley::store {
 
@@ -91,15 +93,12 @@ class ShardWriter {
     std::atomic<uint64_t> batches{0};
     std::atomic<uint64_t> failures{0};  // commits that returned an error
     std::atomic<uint64_t> bytes{0};
-    // Commit latency histogram, microseconds: bucket i counts commits < kBucketsUs[i]
-    // (cumulative, as Prometheus "le" buckets; the last bucket counts every commit).
-    static constexpr uint64_t kBucketsUs[] = {100,   250,   500,   1000,   2500,   5000,
-                                              10000, 25000, 50000, 100000, 250000, 1000000};
-    static constexpr size_t kBuckets = sizeof(kBucketsUs) / sizeof(kBucketsUs[0]);
-    std::atomic<uint64_t> latency_le[kBuckets + 1] = {};  // last = +Inf
-    std::atomic<uint64_t> latency_sum_us{0};
+    LatencyHistogram latency;  // of each commit's write
   };
   const Stats& stats() const { return stats_; }
+
+  // Names the writer thread (e.g. "parley-store0").
+  void NameThread(std::string_view name);
 
  private:
   struct Job {
