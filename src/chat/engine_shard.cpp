@@ -103,7 +103,13 @@ absl::StatusOr<int64_t> EngineShard::AttachDevice(Device* device) {
   devices_by_session_[device->device_session_id()] = device;
   stats_.online_devices.fetch_add(1, std::memory_order_relaxed);
   // Offline -> online; a further device's hello does not reset a "busy".
-  if (presence_.Connect(device->user(), WallMillis())) PresenceChanged(device->user());
+  const int64_t now = WallMillis();
+  if (presence_.Connect(device->user(), now)) {
+    // Stored now too, so that after a crash (when no disconnect was written) last_seen is at
+    // least the time the user came online.
+    deps_.writer->current().PutLastSeen(device->user(), now);
+    PresenceChanged(device->user());
+  }
   return (*u)->inbox_durable;
 }
 
@@ -121,7 +127,13 @@ void EngineShard::DetachDevice(Device* device) {
   devices.erase(pos);
   stats_.online_devices.fetch_sub(1, std::memory_order_relaxed);
   if (devices.empty()) stats_.online_users.fetch_sub(1, std::memory_order_relaxed);
-  if (presence_.Disconnect(device->user(), WallMillis())) PresenceChanged(device->user());
+  const int64_t now = WallMillis();
+  if (presence_.Disconnect(device->user(), now)) {
+    // The user's last device went: last_seen must outlive a restart. Nothing waits for this
+    // write; it joins the core's next group commit.
+    deps_.writer->current().PutLastSeen(device->user(), now);
+    PresenceChanged(device->user());
+  }
   MaybeEvict(device->user());
 }
 
@@ -133,6 +145,12 @@ EngineShard::PresenceInfo EngineShard::Snapshot(const std::string& user) {
   info.user = user;
   info.status = PresenceStatusName(view.status);
   info.last_seen = view.last_seen;
+  if (view.last_seen == 0) {
+    // Not connected since this process started: when the user was last seen before, if ever.
+    // (A storage error reads as "never": presence is best effort, not worth failing a watch.)
+    auto stored = deps_.store->GetLastSeen(user);
+    if (stored.ok()) info.last_seen = *stored;
+  }
   return info;
 }
 

@@ -299,16 +299,16 @@ absl::Status DecodeGroupEvent(std::string_view in, GroupEventRecord* rec) {
   return r.Finish();
 }
 
-void EncodeCursor(int64_t cursor, std::string* out) {
-  AppendBigEndian64(out, static_cast<uint64_t>(cursor));
+void EncodeBe64Value(int64_t v, std::string* out) {
+  AppendBigEndian64(out, static_cast<uint64_t>(v));
 }
 
-absl::Status DecodeCursor(std::string_view in, int64_t* cursor) {
+absl::Status DecodeBe64Value(char type, std::string_view in, int64_t* v) {
   if (in.size() != 8) {
-    return absl::DataLossError(
-        absl::StrCat("store: corrupt 'D' record: ", in.size(), " bytes, want 8"));
+    return absl::DataLossError(absl::StrCat("store: corrupt '", absl::string_view(&type, 1),
+                                            "' record: ", in.size(), " bytes, want 8"));
   }
-  *cursor = static_cast<int64_t>(ReadBigEndian64(in.data()));
+  *v = static_cast<int64_t>(ReadBigEndian64(in.data()));
   return absl::OkStatus();
 }
 

@@ -234,7 +234,15 @@ void Batch::PutDeviceCursor(std::string_view user, std::string_view device, int6
   key_buf_.clear();
   value_buf_.clear();
   rec::AppendSubKey(&key_buf_, rec::kDevice, user, device);
-  rec::EncodeCursor(cursor, &value_buf_);
+  rec::EncodeBe64Value(cursor, &value_buf_);
+  Put(ShardOf(user), key_buf_, value_buf_);
+}
+
+void Batch::PutLastSeen(std::string_view user, int64_t wall_ms) {
+  key_buf_.clear();
+  value_buf_.clear();
+  rec::AppendIdKey(&key_buf_, rec::kLastSeen, user);
+  rec::EncodeBe64Value(wall_ms, &value_buf_);
   Put(ShardOf(user), key_buf_, value_buf_);
 }
 
@@ -731,8 +739,17 @@ absl::StatusOr<int64_t> Store::GetDeviceCursor(std::string_view user, std::strin
   if (!v.ok()) return v.status();
   if (!v->has_value()) return 0;
   int64_t cursor = 0;
-  if (absl::Status s = rec::DecodeCursor(**v, &cursor); !s.ok()) return s;
+  if (absl::Status s = rec::DecodeBe64Value(rec::kDevice, **v, &cursor); !s.ok()) return s;
   return cursor;
+}
+
+absl::StatusOr<int64_t> Store::GetLastSeen(std::string_view user) {
+  auto v = GetValue(db_.get(), shards_[ShardOf(user)], rec::IdKey(rec::kLastSeen, user));
+  if (!v.ok()) return v.status();
+  if (!v->has_value()) return 0;
+  int64_t wall_ms = 0;
+  if (absl::Status s = rec::DecodeBe64Value(rec::kLastSeen, **v, &wall_ms); !s.ok()) return s;
+  return wall_ms;
 }
 
 absl::StatusOr<std::optional<UserConvRecord>> Store::GetUserConv(std::string_view user,

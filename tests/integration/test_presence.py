@@ -75,6 +75,37 @@ class PresenceTest(PresenceCase):
         self.assertEqual(len(ans["presence"]), 1, ans)
         self.assertEntry(ans["presence"][0], "ghost", "offline", last_seen=0)
 
+    async def test_last_seen_survives_a_restart(self):
+        # "When the user was last connected" must not become "never" (0) because the server
+        # restarted; a user never connected stays 0.
+        bob = await self.client("bob")
+        await bob.close()
+        gone = wall_ms()
+        w = await self.client("watcher")
+        before = (await w.ok("watch", users=["bob"]))["presence"][0]
+        self.assertEntry(before, "bob", "offline")
+        self.assertNear(before["last_seen"], gone - 1000, gone, "last_seen after the close")
+        await w.close()
+        self.clients.clear()
+        await asyncio.to_thread(self.server.restart)
+        w = await self.client("watcher")
+        ans = await w.ok("watch", users=["bob", "ghost"])
+        self.assertEntry(ans["presence"][0], "bob", "offline", last_seen=before["last_seen"])
+        self.assertEntry(ans["presence"][1], "ghost", "offline", last_seen=0)
+        # Online again, then gone again: the newer time replaces the stored one.
+        await asyncio.sleep(0.05)
+        bob = await self.client("bob")
+        ev = await w.next_event("presence", match=lambda e: e.get("user") == "bob")
+        self.assertEntry(ev, "bob", "online")
+        await bob.close()
+        ev = await w.next_event("presence", match=lambda e: e.get("user") == "bob")
+        self.assertEntry(ev, "bob", "offline")
+        self.assertGreater(ev["last_seen"], before["last_seen"])
+        await w.close()
+        self.clients.clear()
+        await asyncio.to_thread(self.server.restart)
+        self.assertEntry(await self.snapshot("bob"), "bob", "offline", last_seen=ev["last_seen"])
+
     async def test_online_after_hello_and_last_seen_is_now_while_connected(self):
         w = await self.client("watcher")
         ans = await w.ok("watch", users=["bob"])

@@ -199,10 +199,10 @@ TEST_CASE("inbox, dedupe, user-conv, group and cursor records round-trip", "[sto
   CHECK(group_back.members.empty());
 
   buf.clear();
-  rec::EncodeCursor(1ll << 40, &buf);
+  rec::EncodeBe64Value(1ll << 40, &buf);
   CHECK(buf.size() == 8);
   int64_t cursor = 0;
-  REQUIRE(rec::DecodeCursor(buf, &cursor).ok());
+  REQUIRE(rec::DecodeBe64Value(rec::kDevice, buf, &cursor).ok());
   CHECK(cursor == 1ll << 40);
 }
 
@@ -249,7 +249,7 @@ TEST_CASE("corrupt records are DataLoss errors naming the key type", "[store]") 
   CHECK(s.message().find("'G'") != absl::string_view::npos);
 
   int64_t cursor = 0;
-  s = rec::DecodeCursor("1234567", &cursor);
+  s = rec::DecodeBe64Value(rec::kDevice, "1234567", &cursor);
   CHECK(absl::IsDataLoss(s));
   CHECK(s.message().find("'D'") != absl::string_view::npos);
 }

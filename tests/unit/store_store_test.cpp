@@ -75,6 +75,7 @@ TEST_CASE("a fresh store answers every read with empty results", "[store]") {
   CHECK_FALSE(store->GetMessage("d:alice:bob", 1).value().has_value());
   CHECK_FALSE(store->GetDedupe("alice", "c-1").value().has_value());
   CHECK(store->GetDeviceCursor("alice", "phone").value() == 0);
+  CHECK(store->GetLastSeen("alice").value() == 0);
   CHECK_FALSE(store->GetUserConv("alice", "d:alice:bob").value().has_value());
   CHECK_FALSE(store->GetGroup("team").value().has_value());
   std::vector<std::pair<int64_t, MessageRecord>> history = {{1, Msg("stale")}};
@@ -278,6 +279,8 @@ TEST_CASE("dedupe, cursors, user conversations and groups", "[store]") {
   Batch b = store->NewBatch();
   b.PutDedupe(user, "c-81", DedupeRecord{"d:alice:bob", 17, 1764380000123}, now);
   b.PutDeviceCursor(user, "phone", 58);
+  b.PutLastSeen(user, 1764380000456);
+  b.PutLastSeen(user, 1764380000789);  // the later write wins
   b.PutUserConv(user, "g:team", UserConvRecord{3, 300, 2, 1});
   b.PutUserConv(user, "d:alice:bob", UserConvRecord{17, 1700, 15, 0});
   b.PutUserConv(neighbour, "d:x:y", UserConvRecord{1, 1, 1, 1});
@@ -295,6 +298,8 @@ TEST_CASE("dedupe, cursors, user conversations and groups", "[store]") {
 
   CHECK(store->GetDeviceCursor(user, "phone").value() == 58);
   CHECK(store->GetDeviceCursor(user, "laptop").value() == 0);
+  CHECK(store->GetLastSeen(user).value() == 1764380000789);
+  CHECK(store->GetLastSeen(neighbour).value() == 0);
 
   auto uc = store->GetUserConv(user, "d:alice:bob").value();
   REQUIRE(uc.has_value());
@@ -515,6 +520,12 @@ TEST_CASE("corrupt values surface as DataLoss, not crashes", "[store]") {
               ->Put(rocksdb::WriteOptions(), cf, records::OwnerPrefix('L', conv) + "xyz", "")
               .ok());
   CHECK(absl::IsDataLoss(store->LastConvSeq(conv).status()));
+  // A last-seen time of the wrong width.
+  REQUIRE(store->db()
+              ->Put(rocksdb::WriteOptions(), store->shard(ShardOf("alice")),
+                    records::IdKey(records::kLastSeen, "alice"), "1234")
+              .ok());
+  CHECK(absl::IsDataLoss(store->GetLastSeen("alice").status()));
 }
 
 TEST_CASE("storage stats reflect written data", "[store]") {

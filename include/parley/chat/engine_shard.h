@@ -140,7 +140,7 @@ class EngineShard {
   struct PresenceInfo {
     std::string user;
     std::string_view status;  // "online" | "busy" | "offline"
-    int64_t last_seen = 0;    // now, if connected; 0 if never connected
+    int64_t last_seen = 0;    // now, if connected; 0 if never connected (as stored)
   };
   // The `presence` op: "online" or "busy" for all of the user's devices.
   absl::Status SetStatus(Device& device, std::string_view status);

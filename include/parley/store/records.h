@@ -38,6 +38,7 @@ inline constexpr char kDevice = 'D';
 inline constexpr char kPending = 'P';
 inline constexpr char kGroup = 'G';
 inline constexpr char kGroupEvent = 'E';
+inline constexpr char kLastSeen = 'S';
 
 // type id 0x00 — the common prefix of every key of one kind and owner.
 std::string OwnerPrefix(char type, std::string_view id);
@@ -45,7 +46,7 @@ std::string OwnerPrefix(char type, std::string_view id);
 std::string SeqKey(char type, std::string_view id, int64_t seq);
 // type id 0x00 sub
 std::string SubKey(char type, std::string_view id, std::string_view sub);
-// type id ('P' and 'G' keys)
+// type id ('P', 'G' and 'S' keys)
 std::string IdKey(char type, std::string_view id);
 // The same encodings appended to *out (no allocation once *out has grown).
 void AppendSeqKey(std::string* out, char type, std::string_view id, int64_t seq);
@@ -79,8 +80,8 @@ absl::Status DecodeGroup(std::string_view in, GroupRecord* rec);
 void EncodeGroupEvent(const GroupEventRecord& rec, std::string* out);
 absl::Status DecodeGroupEvent(std::string_view in, GroupEventRecord* rec);
 
-// Device cursors are a bare be64 (no version byte).
-void EncodeCursor(int64_t cursor, std::string* out);
-absl::Status DecodeCursor(std::string_view in, int64_t* cursor);
+// Device cursors ('D') and last-seen times ('S') are a bare be64 (no version byte).
+void EncodeBe64Value(int64_t v, std::string* out);
+absl::Status DecodeBe64Value(char type, std::string_view in, int64_t* v);
 
 }  // namespace parley::store::records

@@ -13,6 +13,7 @@
 //   'P' conv                    -> (empty)            fan-out of this conversation in progress
 //   'G' group                   -> GroupRecord        group metadata and members
 //   'E' user 0x00 order(be64)   -> GroupEventRecord   a group event owed to the user's inbox
+//   'S' user                    -> be64 ms            when the user was last connected
 // Values are compact binary records (varint lengths), versioned by a leading byte.
 //
 // Thread-safety: all reads may run on any thread. Writes go through a Batch; a Batch spans
@@ -135,6 +136,7 @@ class Batch {
   void PutUserConv(std::string_view user, std::string_view conv, const UserConvRecord& rec);
   void DeleteUserConv(std::string_view user, std::string_view conv);
   void PutDeviceCursor(std::string_view user, std::string_view device, int64_t cursor);
+  void PutLastSeen(std::string_view user, int64_t wall_ms);
   void PutPendingFanout(std::string_view conv);
   void DeletePendingFanout(std::string_view conv);
   void PutGroup(std::string_view group, const GroupRecord& rec);
@@ -207,6 +209,8 @@ class Store {
   absl::Status ReadInbox(std::string_view user, int64_t after, int limit,
                          std::vector<std::pair<int64_t, InboxRecord>>* out, bool* more);
   absl::StatusOr<int64_t> GetDeviceCursor(std::string_view user, std::string_view device);
+  // When the user's last device disconnected, as last written; 0 if never.
+  absl::StatusOr<int64_t> GetLastSeen(std::string_view user);
   absl::StatusOr<std::optional<UserConvRecord>> GetUserConv(std::string_view user,
                                                             std::string_view conv);
   absl::Status ReadUserConvs(std::string_view user,
