@@ -221,6 +221,16 @@ void Server::AppendEngineMetrics(std::string* out) {
          [this](E& e, W&) { return reactors_[e.core()]->shed_count(); });
   family("parley_mesh_overflow_total", "counter", "Cross-core tasks that found a full queue.",
          [this](E& e, W&) { return mesh_->overflowed(e.core()); });
+  family("parley_mesh_queue_depth", "gauge",
+         "Cross-core tasks waiting in the queues into the core (approximate: read while the "
+         "cores run).",
+         [this](E& e, W&) {
+           size_t depth = 0;
+           for (int from = 0; from < mesh_->cores(); ++from) {
+             depth += mesh_->QueueDepth(from, e.core());
+           }
+           return depth;
+         });
 
   // Histograms, summed over cores.
   std::vector<const LatencyHistogram*> parts;

@@ -214,6 +214,11 @@ class MetricsTest(ServerTestCase):
         self.assertEqual(len(outbound), len([k for k in m if k.startswith("parley_websockets{")]))
         self.assertTrue(all(v >= 0 for v in outbound.values()), outbound)
         self.assertEqual(total("parley_outbound_budget_closes_total"), 0)
+        # Cross-core queue depth: one gauge per core, never negative, and back to 0 when idle
+        # (the scrape itself runs as a task on one core, so allow a few in flight).
+        depth = {k: v for k, v in m.items() if k.startswith("parley_mesh_queue_depth{")}
+        self.assertEqual(len(depth), len(outbound))
+        self.assertTrue(all(0 <= v < 100 for v in depth.values()), depth)
 
     async def test_disk_space_figures(self):
         m = self.metrics()

@@ -209,7 +209,7 @@ class Store {
   absl::Status ReadInbox(std::string_view user, int64_t after, int limit,
                          std::vector<std::pair<int64_t, InboxRecord>>* out, bool* more);
   absl::StatusOr<int64_t> GetDeviceCursor(std::string_view user, std::string_view device);
-  // When the user's last device disconnected, as last written; 0 if never.
+  // The last-seen time last written (when the user came online or went offline); 0 if never.
   absl::StatusOr<int64_t> GetLastSeen(std::string_view user);
   absl::StatusOr<std::optional<UserConvRecord>> GetUserConv(std::string_view user,
                                                             std::string_view conv);
