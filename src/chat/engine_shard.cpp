@@ -105,9 +105,9 @@ absl::StatusOr<int64_t> EngineShard::AttachDevice(Device* device) {
   // Offline -> online; a further device's hello does not reset a "busy".
   const int64_t now = WallMillis();
   if (presence_.Connect(device->user(), now)) {
-    // Stored now too, so that after a crash (when no disconnect was written) last_seen is at
+    // Stored too, so that after a crash (when no disconnect was written) last_seen is at
     // least the time the user came online.
-    deps_.writer->current().PutLastSeen(device->user(), now);
+    NoteLastSeen(device->user(), now);
     PresenceChanged(device->user());
   }
   return (*u)->inbox_durable;
@@ -129,15 +129,33 @@ void EngineShard::DetachDevice(Device* device) {
   if (devices.empty()) stats_.online_users.fetch_sub(1, std::memory_order_relaxed);
   const int64_t now = WallMillis();
   if (presence_.Disconnect(device->user(), now)) {
-    // The user's last device went: last_seen must outlive a restart. Nothing waits for this
-    // write; it joins the core's next group commit.
-    deps_.writer->current().PutLastSeen(device->user(), now);
+    // The user's last device went: last_seen must outlive a restart.
+    NoteLastSeen(device->user(), now);
     PresenceChanged(device->user());
   }
   MaybeEvict(device->user());
 }
 
 // ---------------------------------------------------------------- presence
+
+void EngineShard::Poll() {
+  if (!last_seen_unstored_.empty() && MonoMillis() >= last_seen_flush_due_ms_) FlushLastSeen();
+  deps_.writer->Poll();
+}
+
+void EngineShard::NoteLastSeen(const std::string& user, int64_t wall_ms) {
+  constexpr int64_t kLastSeenFlushMs = 1000;
+  if (last_seen_unstored_.empty()) last_seen_flush_due_ms_ = MonoMillis() + kLastSeenFlushMs;
+  last_seen_unstored_[user] = wall_ms;
+}
+
+bool EngineShard::FlushLastSeen() {
+  if (last_seen_unstored_.empty()) return false;
+  store::Batch& batch = deps_.writer->current();
+  for (const auto& [user, wall_ms] : last_seen_unstored_) batch.PutLastSeen(user, wall_ms);
+  last_seen_unstored_.clear();
+  return true;
+}
 
 EngineShard::PresenceInfo EngineShard::Snapshot(const std::string& user) {
   const PresenceTable::View view = presence_.Get(user, WallMillis());

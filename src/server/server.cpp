@@ -174,6 +174,8 @@ void Server::CoreMain(int core) {
   chat::EngineShard& engine = *engines_[core];
   store::ShardWriter& writer = *writers_[core];
   reactor.AddPoller([&engine] { engine.Poll(); });
+  // At shutdown: last-seen times still held go to the writer, then the writer empties.
+  reactor.AddDrainCheck([&engine] { return engine.FlushLastSeen(); });
   reactor.AddDrainCheck([&writer] { return writer.busy(); });
   reactor.AddPoller([this, &reactor] {
     if (stop_requested_.load(std::memory_order_relaxed)) {

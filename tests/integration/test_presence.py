@@ -106,6 +106,30 @@ class PresenceTest(PresenceCase):
         await asyncio.to_thread(self.server.restart)
         self.assertEntry(await self.snapshot("bob"), "bob", "offline", last_seen=ev["last_seen"])
 
+    async def test_last_seen_is_stored_within_seconds_and_survives_a_crash(self):
+        # Times are written once a second, not per change; a crash (SIGKILL) after that keeps
+        # them. A user online at the crash keeps the time they came online.
+        t0 = wall_ms()
+        carol = await self.client("carol")
+        bob = await self.client("bob")
+        await bob.close()
+        gone = wall_ms()
+        w = await self.client("watcher")
+        ans = await w.ok("watch", users=["bob", "carol"])
+        bob_seen = ans["presence"][0]["last_seen"]
+        self.assertNear(bob_seen, t0, gone, "bob's last_seen after the close")
+        await asyncio.sleep(2.0)
+        self.server.proc.kill()
+        self.server.proc.wait()
+        await asyncio.gather(carol.close(), w.close(), return_exceptions=True)
+        self.clients.clear()
+        await asyncio.to_thread(self.server.start)
+        after = await self.snapshot("bob")
+        self.assertEntry(after, "bob", "offline", last_seen=bob_seen)
+        carol_after = await self.snapshot("carol")
+        self.assertEntry(carol_after, "carol", "offline")
+        self.assertNear(carol_after["last_seen"], t0, gone, "carol's stored time of coming online")
+
     async def test_online_after_hello_and_last_seen_is_now_while_connected(self):
         w = await self.client("watcher")
         ans = await w.ok("watch", users=["bob"])

@@ -170,7 +170,11 @@ class EngineShard {
   absl::Status Groups(const std::string& user, int64_t id, std::string* out);
 
   // Called on the engine's core once per reactor loop iteration.
-  void Poll() { deps_.writer->Poll(); }
+  void Poll();
+  // Hands the last-seen times not yet stored to the writer; true if there were any. Poll does
+  // this once a second; the server also calls it while draining at shutdown, so a clean stop
+  // stores every one.
+  bool FlushLastSeen();
 
   // Start-up, before serving (blocking writes), in this order: appends the group events a
   // crash left owed (joining users' conversation records start where they joined; a leaving
@@ -238,6 +242,8 @@ class EngineShard {
   PresenceInfo Snapshot(const std::string& user);
   void PresenceChanged(const std::string& user);  // owner core: tell the watching cores
   void DeliverPresence(const std::string& user, std::string_view status, int64_t last_seen);
+  // Queues a last-seen time for the next FlushLastSeen.
+  void NoteLastSeen(const std::string& user, int64_t wall_ms);
   void Subscribe(int core, const std::vector<std::string>& users, bool on);
   // Watcher core: tells the owners that no session here watches `users` any more.
   void Unsubscribe(const std::vector<std::string>& users);
@@ -270,6 +276,11 @@ class EngineShard {
   Deps deps_;
   // Presence of the users this core owns and the watch edges of this core's sessions.
   PresenceTable presence_;
+  // Users who came online or went offline since the last FlushLastSeen, with the time. Kept
+  // and written once a second: a store write per connect and disconnect would cost a commit
+  // and a log sync each when the node is otherwise idle (22 us of CPU per connection).
+  absl::flat_hash_map<std::string, int64_t> last_seen_unstored_;
+  int64_t last_seen_flush_due_ms_ = 0;  // monotonic
   absl::flat_hash_map<uint64_t, Device*> devices_by_session_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<PendingWatch>> pending_watches_;
   uint64_t next_watch_ = 1;
