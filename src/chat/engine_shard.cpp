@@ -14,12 +14,6 @@ namespace parley::chat {
 
 namespace {
 
-int64_t NowMicros() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
-}
-
 std::string CmidKey(std::string_view from, std::string_view cmid) {
   return StrCat(from, std::string_view("\0", 1), cmid);
 }
@@ -398,7 +392,7 @@ void EngineShard::SequenceDone(const std::string& from, const std::string& cmid,
 
 void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
                            std::vector<std::string> members, int origin_core) {
-  const int64_t start_us = NowMicros();
+  const int64_t start_us = MonoMicros();
   auto answer = [this, args, origin_core](SendResult result) {
     deps_.router->SubmitToCore(deps_.core, origin_core,
                                [&origin = on(origin_core), args, result]() mutable {
@@ -475,7 +469,7 @@ void EngineShard::Sequence(std::shared_ptr<SendArgs> args, std::string conv,
           answer(Failed(absl::UnavailableError("the message could not be stored; try again")));
           return;
         }
-        RecordSendLatency(start_us);
+        stats_.send_latency.RecordSince(start_us);
         answer({absl::OkStatus(), msg->conv, msg->seq, msg->ts, false});
         if (it != convs_.end()) {
           ConvState& cs = *it->second;
@@ -624,10 +618,6 @@ void EngineShard::MaybeClearFanoutMarker(const std::string& conv, ConvState& cs)
   if (cs.last_seq != cs.durable_seq || !cs.marker) return;
   cs.marker = false;
   deps_.writer->current().DeletePendingFanout(conv);
-}
-
-void EngineShard::RecordSendLatency(int64_t start_us) {
-  stats_.send_latency.Record(static_cast<uint64_t>(std::max<int64_t>(0, NowMicros() - start_us)));
 }
 
 // ---------------------------------------------------------------- per-user requests

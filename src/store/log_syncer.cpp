@@ -1,9 +1,9 @@
 #include "parley/store/log_syncer.h"
 
-#include <chrono>
 #include <utility>
 
 #include "parley/store/store.h"
+#include "parley/util/clock.h"
 #include "parley/util/thread_name.h"
 
 namespace parley::store {
@@ -75,13 +75,10 @@ void LogSyncer::ThreadMain() {
       written_.wait(target, std::memory_order_acquire);
       continue;
     }
-    const auto start = std::chrono::steady_clock::now();
+    const int64_t start_us = MonoMicros();
     absl::Status status = sync_();
-    const uint64_t us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
-                                                  std::chrono::steady_clock::now() - start)
-                                                  .count());
     syncs_.fetch_add(1, std::memory_order_relaxed);
-    sync_latency_.Record(us);
+    sync_latency_.RecordSince(start_us);
     std::lock_guard<std::mutex> lock(mu_);
     if (!status.ok()) {
       failed_.push_back(FailedRange{done + 1, target, std::move(status)});

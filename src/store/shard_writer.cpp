@@ -6,6 +6,7 @@
 #include <optional>
 #include <utility>
 
+#include "parley/util/clock.h"
 #include "parley/util/thread_name.h"
 
 namespace parley::store {
@@ -203,20 +204,16 @@ void ShardWriter::ThreadMain() {
           ++end;
         }
         if (!merged.empty()) {
-          const auto start = std::chrono::steady_clock::now();
+          const int64_t start_us = MonoMicros();
           if (syncer_ != nullptr) {
             status = write_ ? write_(merged) : store_.WriteUnsynced(merged);
             if (status.ok()) ticket = syncer_->NoteWritten();
           } else {
             status = write_ ? write_(merged) : store_.Write(merged);
           }
-          const uint64_t us =
-              static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
-                                        std::chrono::steady_clock::now() - start)
-                                        .count());
           stats_.commits.fetch_add(1, std::memory_order_relaxed);
           stats_.bytes.fetch_add(merged.ByteSize(), std::memory_order_relaxed);
-          stats_.latency.Record(us);
+          stats_.latency.RecordSince(start_us);
           if (!status.ok()) {
             stats_.failures.fetch_add(1, std::memory_order_relaxed);
             failed = true;

@@ -18,5 +18,10 @@ int64_t WallMillis() {
 int64_t MonoMillis() {
   return ReadMillis(CLOCK_MONOTONIC);
 }
+int64_t MonoMicros() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
 
 }  // namespace parley

@@ -1,7 +1,10 @@
 #include "parley/util/latency_histogram.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "parley/util/clock.h"
 #include "parley/util/strings.h"
 
 namespace parley {
@@ -11,6 +14,10 @@ void LatencyHistogram::Record(uint64_t us) {
   while (b < kBounds && us >= kBoundsUs[b]) ++b;
   in_bucket_[b].fetch_add(1, std::memory_order_relaxed);
   sum_us_.fetch_add(us, std::memory_order_relaxed);
+}
+
+void LatencyHistogram::RecordSince(int64_t start_us) {
+  Record(static_cast<uint64_t>(std::max<int64_t>(0, MonoMicros() - start_us)));
 }
 
 uint64_t LatencyHistogram::CountBelow(size_t b) const {

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include "parley/util/clock.h"
 #include "parley/util/ids.h"
 #include "parley/util/latency_histogram.h"
 #include "parley/util/stable_hash.h"
@@ -48,4 +49,14 @@ TEST_CASE("latency histogram counts below each bound and renders summed Promethe
   CHECK(out.find("x_seconds_bucket{le=\"+Inf\"} 5\n") != std::string::npos);
   CHECK(out.find("x_seconds_sum 2.000499\n") != std::string::npos);
   CHECK(out.find("x_seconds_count 5\n") != std::string::npos);
+}
+
+TEST_CASE("latency histogram records the time since a monotonic reading", "[util]") {
+  parley::LatencyHistogram h;
+  h.RecordSince(parley::MonoMicros() - 5000);  // started 5 ms ago
+  h.RecordSince(parley::MonoMicros() + 1000);  // a start in the future counts as 0
+  CHECK(h.count() == 2);
+  CHECK(h.CountBelow(0) == 1);  // the future one, below 100 us
+  CHECK(h.CountBelow(4) == 1);  // below 2.5 ms: not the 5 ms one
+  CHECK(h.sum_us() >= 5000);
 }

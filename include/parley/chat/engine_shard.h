@@ -237,7 +237,6 @@ class EngineShard {
                                                       bool create);
   void MaybeEvict(const std::string& user);
   void ReplyTo(int core, Reply<SendResult> reply, SendResult result);
-  void RecordSendLatency(int64_t start_us);
 
   PresenceInfo Snapshot(const std::string& user);
   void PresenceChanged(const std::string& user);  // owner core: tell the watching cores

@@ -12,4 +12,7 @@ int64_t WallMillis();
 // Milliseconds on CLOCK_MONOTONIC; only differences are meaningful.
 int64_t MonoMillis();
 
+// Microseconds on CLOCK_MONOTONIC, for measuring durations.
+int64_t MonoMicros();
+
 }  // namespace parley

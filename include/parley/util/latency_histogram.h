@@ -21,6 +21,8 @@ class LatencyHistogram {
   static constexpr size_t kBounds = std::size(kBoundsUs);
 
   void Record(uint64_t us);
+  // Records the time since `start_us`, a MonoMicros() reading.
+  void RecordSince(int64_t start_us);
 
   // Samples below kBoundsUs[b]; b == kBounds: every sample (Prometheus "le" buckets).
   uint64_t CountBelow(size_t b) const;
