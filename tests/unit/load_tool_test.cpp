@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <string>
@@ -164,6 +165,30 @@ TEST_CASE("options: loopback only, defaults, errors", "[load]") {
   CHECK_FALSE(parse({"--pairs", "3"}, &r).empty());  // no scenario
   Options s;
   CHECK_FALSE(parse({"--scenario", "idle", "--duration", "-1"}, &s).empty());
+  CHECK(o.random_cmids);  // like the UUIDs clients send, unless asked otherwise
+  Options t;
+  CHECK(parse({"--scenario", "throughput", "--cmids", "counter"}, &t).empty());
+  CHECK_FALSE(t.random_cmids);
+  Options u;
+  CHECK_FALSE(parse({"--scenario", "throughput", "--cmids", "uuid"}, &u).empty());
+}
+
+TEST_CASE("random cmids are 32 hex digits and never repeat for one sender", "[load]") {
+  std::vector<std::string> cmids;
+  for (uint64_t n = 0; n < 100000; ++n) {
+    std::string c;
+    AppendCmid(&c, n, /*random=*/true);
+    REQUIRE(c.size() == 32);
+    REQUIRE(c.find_first_not_of("0123456789abcdef") == std::string::npos);
+    cmids.push_back(std::move(c));
+  }
+  // Consecutive messages land far apart in key order (what a server's index sees from UUIDs).
+  CHECK(cmids[1].substr(0, 4) != cmids[2].substr(0, 4));
+  std::sort(cmids.begin(), cmids.end());
+  CHECK(std::adjacent_find(cmids.begin(), cmids.end()) == cmids.end());
+  std::string counter;
+  AppendCmid(&counter, 7, /*random=*/false);
+  CHECK(counter == "c7");
 }
 
 namespace {

@@ -364,6 +364,7 @@ Common options:
 Scenario options:
   --pairs P (100)  --window W (16)  --rate R msg/s (5000)  --body-bytes B (100)
   --ack-every K (50, 0 = never)  --max-messages N (0 = no count bound)
+  --cmids random|counter (random: 32 hex digits like the UUIDs clients send; counter: c1, c2..)
   --conns N (9000)  --concurrency C (256)  --rounds R (5)
   --groups G (20)  --group-size M (200)
   --users U (2000)  --mixed-group-size M (20)  --watch N (20)  --churn R/s (users/20)
@@ -494,6 +495,9 @@ std::string ParseOptions(int argc, char** argv, Options* o) {
       o->run_id = val;
     } else if (key == "json-out") {
       o->json_out = val;
+    } else if (key == "cmids") {
+      if (val != "random" && val != "counter") return bad();
+      o->random_cmids = val == "random";
     } else if (key == "label") {
       o->label = val;
     } else {

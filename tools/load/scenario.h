@@ -38,6 +38,9 @@ struct Options {
   int body_bytes = 100;
   int ack_every = 50;
   int64_t max_messages = 0;  // 0: bounded by time only
+  // throughput / latency / fanout: cmids as clients make them (random, like UUIDs) or a
+  // per-sender counter (neighbouring keys in the server's dedupe index: flatters its cost)
+  bool random_cmids = true;
   // idle / connect
   int conns = 9000;
   int concurrency = 256;

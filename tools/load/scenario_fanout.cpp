@@ -228,11 +228,9 @@ class FanoutDriver final : public DriverBase {
       const std::string ids = std::to_string(id);
       scratch_.clear();
       scratch_.append("{\"op\":\"send\",\"id\":").append(ids).append(",\"group\":\"").append(g.id);
-      scratch_.append("\",\"cmid\":\"c")
-          .append(ids)
-          .append("\",\"body\":\"")
-          .append(body_)
-          .append("\"}");
+      scratch_.append("\",\"cmid\":\"");
+      AppendCmid(&scratch_, static_cast<uint64_t>(id), o_.random_cmids);
+      scratch_.append("\",\"body\":\"").append(body_).append("\"}");
       g.sent_at[static_cast<size_t>(id) & mask_] = now;
       ++g.inflight;
       ++sent;

@@ -175,6 +175,27 @@ bool ParseHex(std::string_view s, int64_t* out) {
 }
 
 // ---- JsonLine ----
+namespace {
+uint64_t Mix64(uint64_t z) {  // splitmix64's finaliser: a bijection on 64-bit values
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+void AppendCmid(std::string* out, uint64_t n, bool random) {
+  if (!random) {
+    out->push_back('c');
+    out->append(std::to_string(n));
+    return;
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  const uint64_t words[2] = {Mix64(n), Mix64(n ^ 0x5bd1e995ull)};
+  for (uint64_t w : words) {
+    for (int i = 15; i >= 0; --i) out->push_back(kHex[(w >> (i * 4)) & 15]);
+  }
+}
+
 void AppendQuoted(std::string* out, std::string_view s) {
   parley::AppendJsonString(out, s);
 }

@@ -99,6 +99,9 @@ class JsonLine {
   std::vector<std::pair<std::string, std::string>> fields_;
 };
 
+// Appends the cmid of a sender's message number `n`: 32 hex digits that look random (a
+// bijective mix of n, so one sender's cmids never collide), or "c<n>" when !random.
+void AppendCmid(std::string* out, uint64_t n, bool random);
 // Appends s as a JSON string literal.
 void AppendQuoted(std::string* out, std::string_view s);
 // printf into a std::string.
