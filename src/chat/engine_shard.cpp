@@ -29,7 +29,10 @@ constexpr int64_t kRetryMs = 250;
 
 }  // namespace
 
-EngineShard::EngineShard(Deps deps) : deps_(deps) {}
+EngineShard::EngineShard(Deps deps) : deps_(deps) {
+  // The writer is destroyed before the engine (Server::~Server), so the hook never outlives it.
+  deps_.writer->BeforeSeal([this](store::Batch& batch) { WriteChangedUserConvs(batch); });
+}
 EngineShard::~EngineShard() = default;
 
 // ---------------------------------------------------------------- state loading
@@ -73,6 +76,23 @@ absl::StatusOr<store::UserConvRecord*> EngineShard::LoadUserConv(UserState& u,
   if (!rec->has_value() && !create) return nullptr;
   auto [pos, inserted] = u.convs.emplace(conv, rec->value_or(store::UserConvRecord{}));
   return &pos->second;
+}
+
+void EngineShard::NoteUserConvChanged(const UserState& u, const std::string& conv) {
+  user_convs_changed_.emplace(u.id, conv);
+}
+
+void EngineShard::WriteChangedUserConvs(store::Batch& batch) {
+  for (const auto& [user, conv] : user_convs_changed_) {
+    // Gone from memory only after a failed commit cleared the user's records (this batch then
+    // fails too) or after a leave deleted the record (which must stay deleted).
+    auto u = users_.find(user);
+    if (u == users_.end()) continue;
+    auto rec = u->second->convs.find(conv);
+    if (rec == u->second->convs.end()) continue;
+    batch.PutUserConv(user, conv, rec->second);
+  }
+  user_convs_changed_.clear();
 }
 
 void EngineShard::MaybeEvict(const std::string& user) {
@@ -551,7 +571,7 @@ void EngineShard::AppendInbox(std::vector<std::string> users, MessagePtr msg) {
       rec->last_seq = m->seq;
       rec->last_ts = m->ts;
     }
-    batch.PutUserConv(user, msg->conv, *rec);
+    NoteUserConvChanged(u, msg->conv);
     ++u.pending;
     stats_.inbox_appends.fetch_add(entries.size(), std::memory_order_relaxed);
     appended_all.push_back(Appended{std::move(user), std::move(entries)});
@@ -809,7 +829,7 @@ void EngineShard::Read(Device& device, std::string_view conv_view, int64_t seq,
     return;
   }
   rec->read_seq = clamped;
-  deps_.writer->current().PutUserConv(user, conv, *rec);
+  NoteUserConvChanged(u, conv);
   ++u.pending;
   std::vector<std::string> others;
   if (!ref.is_group) {

@@ -120,6 +120,7 @@ void ShardWriter::Poll() {
 }
 
 void ShardWriter::SubmitCurrent() {
+  if (before_seal_) before_seal_(current_);
   std::unique_ptr<Job> job;
   if (free_jobs_.empty()) {
     job = std::make_unique<Job>();

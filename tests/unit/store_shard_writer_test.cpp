@@ -162,6 +162,48 @@ TEST_CASE("shard writer gathers what arrives during a commit into the next one",
   CHECK(store->LastInboxSeq("bob").value() > 0);
 }
 
+TEST_CASE("shard writer's BeforeSeal hook adds to each batch once, just before it is written",
+          "[store]") {
+  TempDir dir;
+  auto store = OpenTestStore(dir.path());
+  Driver d;
+  std::vector<size_t> ops_at_seal, ops_written;
+  // A slow disk, so that several Polls' operations gather in one batch.
+  ShardWriter w(*store, d.notify(), [&](Batch& b) {
+    ops_written.push_back(b.ops());  // the writer thread; the test reads it after Drain
+    std::this_thread::sleep_for(1ms);
+    return store->Write(b);
+  });
+  // The record many operations rewrite: only its latest value goes in, once per batch.
+  int64_t read_seq = 0;
+  w.BeforeSeal([&](Batch& b) {
+    ops_at_seal.push_back(b.ops());
+    b.PutUserConv("bob", "d:alice:bob", UserConvRecord{read_seq, 0, read_seq, 0});
+  });
+  int done = 0;
+  for (int i = 1; i <= 200; ++i) {
+    w.current().PutInbox("bob", i, InboxRecord{"d:alice:bob", i, ""});
+    read_seq = i;
+    w.OnCommit([&](const absl::Status& s) { done += s.ok() ? 1 : 0; });
+    w.Poll();
+  }
+  d.Drain(w);
+  CHECK(done == 200);
+  REQUIRE(ops_written.size() == ops_at_seal.size());
+  CHECK(ops_written.size() == w.stats().batches.load());
+  CHECK(ops_written.size() < 200);  // batches did gather several operations
+  size_t inbox_ops = 0;
+  for (size_t i = 0; i < ops_written.size(); ++i) {
+    INFO(i);
+    CHECK(ops_written[i] == ops_at_seal[i] + 1);
+    inbox_ops += ops_at_seal[i];
+  }
+  CHECK(inbox_ops == 200);
+  auto rec = store->GetUserConv("bob", "d:alice:bob").value();
+  REQUIRE(rec.has_value());
+  CHECK(rec->read_seq == 200);
+}
+
 TEST_CASE("a failed commit fails everything submitted before the failure was reported", "[store]") {
   TempDir dir;
   auto store = OpenTestStore(dir.path());

@@ -236,6 +236,11 @@ class EngineShard {
   absl::StatusOr<store::UserConvRecord*> LoadUserConv(UserState& u, const std::string& conv,
                                                       bool create);
   void MaybeEvict(const std::string& user);
+  // The user's record of `conv` (in u.convs) changed and goes into the current batch when the
+  // writer seals it: a record rewritten by several messages of one commit is written once.
+  void NoteUserConvChanged(const UserState& u, const std::string& conv);
+  // The writer's BeforeSeal hook: the latest value of every noted record still held.
+  void WriteChangedUserConvs(store::Batch& batch);
   void ReplyTo(int core, Reply<SendResult> reply, SendResult result);
 
   PresenceInfo Snapshot(const std::string& user);
@@ -284,6 +289,9 @@ class EngineShard {
   absl::flat_hash_map<uint64_t, std::unique_ptr<PendingWatch>> pending_watches_;
   uint64_t next_watch_ = 1;
   absl::flat_hash_map<std::string, std::unique_ptr<UserState>> users_;
+  // (user, conv) records changed since the current batch began; see NoteUserConvChanged. A
+  // noted user stays loaded until the batch is sealed (its `pending` covers the batch).
+  absl::flat_hash_set<std::pair<std::string, std::string>> user_convs_changed_;
   absl::flat_hash_map<std::string, std::unique_ptr<ConvState>> convs_;
   absl::flat_hash_map<std::string, PendingCmid> pending_cmids_;  // key: from + '\0' + cmid
   Stats stats_;

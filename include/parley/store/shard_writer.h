@@ -7,6 +7,7 @@
 //   writer.OnWritten([](const absl::Status& s){...});  // runs once that batch is written
 //   writer.OnCommit([](const absl::Status& s){...});   // runs once that batch is durable
 //   writer.Poll();                                     // once per loop iteration (a poller)
+//   writer.BeforeSeal([](Batch& b){...});              // last additions to every batch
 // Poll runs the callbacks of finished work, in submission order, then hands the current batch
 // (if any) to the writer thread unless a batch is still being written: what arrives meanwhile
 // gathers in current() and becomes the next write (a batch past 16 MiB goes without waiting,
@@ -79,6 +80,11 @@ class ShardWriter {
   Batch& current() { return current_; }
   void OnWritten(Callback done) { current_written_.push_back(std::move(done)); }
   void OnCommit(Callback done) { current_callbacks_.push_back(std::move(done)); }
+  // Runs on the reactor thread each time current() is sealed into a commit (written or, after
+  // a failure was reported, failed unwritten), with the batch, just before. For records that
+  // many operations of one batch rewrite: the owner adds the latest value once per commit
+  // instead of once per change. Null removes the hook. It must not call Poll or OnCommit.
+  void BeforeSeal(absl::AnyInvocable<void(Batch&)> fn) { before_seal_ = std::move(fn); }
   void Poll();
 
   // True while anything is submitted and not yet completed (for shutdown draining).
@@ -131,6 +137,7 @@ class ShardWriter {
   LogSyncer* syncer_;
   int listener_ = 0;
   Batch current_;
+  absl::AnyInvocable<void(Batch&)> before_seal_;
   std::vector<Callback> current_callbacks_;
   std::vector<Callback> current_written_;
   std::deque<Waiting> awaiting_write_;  // submitted jobs not yet reported written, in order
