@@ -106,7 +106,8 @@ absl::Status Reactor::Init() {
   }
   if (rc != 0) return absl::InternalError(absl::StrCat("io_uring_queue_init: ", strerror(-rc)));
   ring_ready_ = true;
-  reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  features_.direct_refusals = io_uring_register_files_sparse(&ring_, kShedSlots) == 0;
+  if (!features_.direct_refusals) reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
 
   if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
     features_.msg_ring = io_uring_opcode_supported(probe, IORING_OP_MSG_RING);
@@ -264,6 +265,14 @@ void Reactor::Run() {
     for (auto& poller : pollers_) poller();
     RunDeferred();
     if (!accept_armed_ && listen_fd_ >= 0 && !stopping_ && now_ms_ >= accept_retry_at_) {
+      if (shed_accept_pending_) {
+        // A refusal's accept still waiting (its client went away before it was taken): the
+        // normal accept takes over, with descriptors perhaps available again.
+        io_uring_sqe* sqe = GetSqe();
+        io_uring_prep_cancel64(sqe, kShedAccepted | kTagShed, 0);
+        io_uring_sqe_set_data64(sqe, kTagIgnore);
+        shed_budget_ = 0;
+      }
       ArmAccept();
     }
     if (!starved_.empty()) {
@@ -359,6 +368,9 @@ void Reactor::HandleCqe(const io_uring_cqe* cqe) {
       // A MSG_RING wake carries no pointer; the eventfd read does and must be re-armed.
       if ((data & ~kTagMask) != 0) ArmEventfdRead();
       break;
+    case kTagShed:
+      if ((data & ~kTagMask) == kShedAccepted) OnShedAccepted(cqe->res);
+      break;
     default:
       break;
   }
@@ -430,10 +442,15 @@ void Reactor::AnswerRefusal(int fd, std::string_view why) {
 }
 
 void Reactor::ShedBacklog() {
-  // Like a full table but worse: the kernel cannot give us a descriptor at all. The reserve
-  // descriptor makes room for one accept at a time; each waiting client gets a 503 instead of
-  // hanging in the backlog until its own timeout.
+  // Like a full table but worse: the kernel cannot give us a descriptor at all. Each waiting
+  // client gets a 503 instead of hanging in the backlog until its own timeout.
   if (listen_fd_ < 0) return;
+  if (features_.direct_refusals) {
+    shed_budget_ = 64;
+    ShedNextDirect();
+    return;
+  }
+  // Without direct descriptors, the reserve descriptor makes room for one accept at a time.
   // Another thread (a storage writer, RocksDB) may have taken the descriptor this reactor freed
   // last time: get the reserve back first, or there is nothing to refuse with.
   if (reserve_fd_ < 0) reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -453,6 +470,58 @@ void Reactor::ShedBacklog() {
     }
     AnswerRefusal(reserve_fd_, "server out of file descriptors");
   }
+}
+
+void Reactor::ShedNextDirect() {
+  if (shed_accept_pending_ || shed_budget_ <= 0 || stopping_ || listen_fd_ < 0) return;
+  // Only a client already waiting: the listening socket is this core's own (SO_REUSEPORT), so
+  // the accept below completes at once instead of waiting for the next client.
+  pollfd pfd{listen_fd_, POLLIN, 0};
+  if (::poll(&pfd, 1, 0) <= 0 || !(pfd.revents & POLLIN)) return;
+  --shed_budget_;
+  io_uring_sqe* sqe = GetSqe();
+  // Direct descriptors cannot be close-on-exec (they are not in the process's table at all).
+  // liburing encodes the index plus one: ALLOC - 1 asks the kernel for any free slot.
+  io_uring_prep_accept_direct(sqe, listen_fd_, nullptr, nullptr, 0, IORING_FILE_INDEX_ALLOC - 1);
+  io_uring_sqe_set_data64(sqe, kShedAccepted | kTagShed);
+  shed_accept_pending_ = true;
+}
+
+void Reactor::OnShedAccepted(int res) {
+  shed_accept_pending_ = false;
+  // -ENFILE: every slot of the table holds a refusal still in flight; the accept retry later
+  // starts another round.
+  if (res < 0) return;
+  const unsigned slot = static_cast<unsigned>(res);
+  refused_.fetch_add(1, std::memory_order_relaxed);
+  if (shed_answer_.empty()) {
+    constexpr std::string_view kWhy = "server out of file descriptors";
+    shed_answer_ = StrCat(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Retry-After: 1\r\nConnection: close\r\nContent-Length: ",
+        kWhy.size() + 1, "\r\n\r\n", kWhy, "\n");
+  }
+  // The four steps go in one submission: a link chain must not be split by a full queue.
+  if (io_uring_sq_space_left(&ring_) < 4) io_uring_submit(&ring_);
+  // Hard links: each step runs even if the one before failed (nothing sent yet, peer gone),
+  // so the descriptor is always closed.
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_recv(sqe, static_cast<int>(slot), shed_sink_, sizeof(shed_sink_), MSG_DONTWAIT);
+  sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK;
+  io_uring_sqe_set_data64(sqe, kTagIgnore);
+  sqe = GetSqe();
+  io_uring_prep_send(sqe, static_cast<int>(slot), shed_answer_.data(), shed_answer_.size(),
+                     MSG_DONTWAIT | MSG_NOSIGNAL);
+  sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK;
+  io_uring_sqe_set_data64(sqe, kTagIgnore);
+  sqe = GetSqe();
+  io_uring_prep_shutdown(sqe, static_cast<int>(slot), SHUT_WR);
+  sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK;
+  io_uring_sqe_set_data64(sqe, kTagIgnore);
+  sqe = GetSqe();
+  io_uring_prep_close_direct(sqe, slot);
+  io_uring_sqe_set_data64(sqe, kShedClosed | kTagShed);
+  ShedNextDirect();
 }
 
 PeerKey Reactor::ReadPeer(int fd) {

@@ -386,10 +386,10 @@ class DescriptorExhaustionTest(ServerTestCase):
                                     "has_ubsan_vptr_check); covered by the Release run")
         if shutil.which("prlimit") is None:
             self.fail("prlimit (util-linux) is required for this test")
-        # One reactor: with several, a core that frees its reserve descriptor to refuse a
-        # client can lose it to another core's accept (see docs/reliability.md), and that
-        # core's waiting clients then time out instead of getting 503.
-        self.server = LimitedServer(threads=1)
+        # Two reactors: each refuses its own waiting clients through io_uring direct
+        # descriptors, which need no free slot in the process's descriptor table (with a
+        # spare descriptor instead, one core could lose the freed slot to the other's accept).
+        self.server = LimitedServer(threads=2)
         self._clients = []
         await asyncio.to_thread(self.server.start)
 

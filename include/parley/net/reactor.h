@@ -158,6 +158,9 @@ struct ReactorFeatures {
   bool msg_ring = false;       // IORING_OP_MSG_RING for cross-core wake-ups
   bool defer_taskrun = false;  // IORING_SETUP_DEFER_TASKRUN | SINGLE_ISSUER
   bool multishot_accept = true;
+  // A sparse table of io_uring direct descriptors for refusing clients when the process is out
+  // of descriptors (accept into the ring's own table, which uses no slot of the process's).
+  bool direct_refusals = false;
 };
 
 // A socket handed from one core to another (e.g. to the core that owns the user after
@@ -249,7 +252,12 @@ class Reactor {
     kTagTimer = 4,
     kTagWake = 5,
     kTagIgnore = 6,
+    kTagShed = 7,  // a direct-descriptor refusal: kShedAccepted or kShedClosed above the tag
   };
+  static constexpr uint64_t kShedAccepted = 1 << 3;
+  static constexpr uint64_t kShedClosed = 2 << 3;
+  // Direct descriptors for refusals: at most this many refused sockets in flight at once.
+  static constexpr unsigned kShedSlots = 64;
   static constexpr uint64_t kTagMask = 7;
 
   io_uring_sqe* GetSqe();
@@ -263,9 +271,18 @@ class Reactor {
   void Refuse(int fd, std::string_view why);
   // The same answer, then shuts the socket down but keeps its descriptor.
   void AnswerRefusal(int fd, std::string_view why);
-  // Out of descriptors: trades the reserve descriptor for each waiting client in turn, to
-  // refuse it; the last refused socket is kept as the new reserve.
+  // Out of descriptors: refuses each waiting client (up to 64) with a 503. With direct
+  // descriptors each is accepted into the ring's table (no process descriptor needed; see
+  // ShedNextDirect). Otherwise the reserve descriptor is traded for each client in turn and
+  // the last refused socket is kept as the new reserve; with several cores another core's
+  // accept can take the freed slot first (docs/reliability.md).
   void ShedBacklog();
+  // Accepts the next waiting client (if any, and budget is left) into a direct descriptor.
+  // Its completion (OnShedAccepted) queues recv (what the client sent, so that the close sends
+  // FIN, not RST), the 503, shutdown and close of that descriptor as one hard-linked chain, and
+  // goes on with the next client.
+  void ShedNextDirect();
+  void OnShedAccepted(int res);
   void CountPeer(Connection* conn, int delta);
   static PeerKey ReadPeer(int fd);
   void OnRecv(Connection* conn, int res, uint32_t flags);
@@ -305,6 +322,10 @@ class Reactor {
   bool accept_armed_ = false;
   int64_t accept_retry_at_ = 0;
   int reserve_fd_ = -1;  // /dev/null or a refused socket: EMFILE still leaves one to refuse with
+  int shed_budget_ = 0;  // clients still to refuse in this round of direct refusals
+  bool shed_accept_pending_ = false;
+  std::string shed_answer_;  // the 503 sent by direct refusals (lives as long as the ring)
+  char shed_sink_[2048];     // what refused clients sent, discarded
   absl::flat_hash_map<PeerKey, uint32_t> per_address_;
   std::atomic<uint64_t> refused_{0};  // read by /metrics on other cores
 
