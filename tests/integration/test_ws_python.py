@@ -451,6 +451,7 @@ class WsHeartbeatTest(WsTestBase):
                 last_activity = time.monotonic()
                 code = await wait_close_code(ws, timeout=2 * HEARTBEAT_MS / 1000.0 + 3.0)
                 elapsed = time.monotonic() - last_activity
+                self.assertEqual(code, 1008, "close code of a heartbeat timeout")
                 self.assertNotEqual(ws.state.name, "OPEN")
                 self.assertGreaterEqual(elapsed, 2 * HEARTBEAT_MS / 1000.0 * 0.8,
                                         "closed after %.3f s (code %s)" % (elapsed, code))
