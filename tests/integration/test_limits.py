@@ -77,6 +77,35 @@ class PerAddressLimitTest(ServerTestCase):
         self.assertGreaterEqual(refused_total, 2)
 
 
+class MaxConnectionsTest(ServerTestCase):
+    # One thread: the per-core share of limits.max_connections is the limit itself. The
+    # per-address limit is lifted so that only the total can refuse.
+    SERVER_KW = {"threads": 1, "extra_args": ["--limits.max_connections=3",
+                                              "--limits.max_connections_per_ip=0"]}
+
+    async def test_fourth_connection_gets_503_and_the_message_says_why(self):
+        clients = [await self.client(user=f"m{i}") for i in range(3)]
+        refused = await try_connect(self.server)
+        self.assertEqual(refused, 503, "fourth connection with max_connections = 3")
+        status, _, body = await asyncio.to_thread(self.server.http, "GET", "/healthz")
+        self.assertEqual(status, 503)
+        self.assertIn(b"limits.max_connections", body)
+        # The three keep working, and a close makes room again.
+        await clients[0].ok("send", to="m2", cmid="c1", body="full house")
+        ev = await clients[2].next_event("msg")
+        self.assertEqual(ev["body"], "full house")
+        await clients[1].close()
+        self._clients.remove(clients[1])
+        for _ in range(50):
+            again = await try_connect(self.server)
+            if isinstance(again, Client):
+                break
+            await asyncio.sleep(0.05)
+        self.assertIsInstance(again, Client, f"after a close: {again!r}")
+        self._clients.append(again)
+        await again.hello(user="m9")
+
+
 class PerUserLimitTest(ServerTestCase):
     SERVER_KW = {"extra_args": ["--limits.max_connections_per_user=2"]}
 
