@@ -303,6 +303,38 @@ class SlowConsumerTest(ServerTestCase):
         self.assertGreaterEqual(closes, 1)
 
 
+class LargeHistoryTest(ServerTestCase):
+    SERVER_KW = {"extra_args": ["--limits.max_outbound_bytes=65536",
+                                "--limits.rate_per_sec=100000", "--limits.rate_burst=100000"]}
+
+    async def test_history_pages_stay_within_half_the_outbound_limit(self):
+        alice = await self.client(user="alice")
+        n = 30
+        for i in range(n):
+            await alice.ok("send", to="bob", cmid=f"h{i}", body=f"{i:04d}" + "z" * 12000)
+        # 30 x 12 KB do not fit in half of 64 KiB: each answer holds fewer than asked, says
+        # "more", and paging with `before` walks the whole conversation once, in order.
+        seen, before, pages = [], None, 0
+        while True:
+            args = {"conv": dconv("alice", "bob"), "limit": 200}
+            if before is not None:
+                args["before"] = before
+            resp = await alice.ok("history", **args)
+            pages += 1
+            msgs = resp["msgs"]
+            self.assertGreater(len(msgs), 0, resp.get("more"))
+            self.assertLess(len(json.dumps(resp)), 65536 // 2 + 1024, "answer over the budget")
+            seen = [m["cmid"] for m in msgs] + seen
+            before = msgs[0]["seq"]
+            if not resp["more"]:
+                break
+            self.assertLess(pages, n + 1, "paging does not end")
+        self.assertGreater(pages, 1, "everything came in one answer")
+        self.assertEqual(seen, [f"h{i}" for i in range(n)])
+        # The connection was not closed for its own answers.
+        await alice.ok("ping")
+
+
 def metric_sum(body, name):
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
                if line.startswith(name + "{"))
