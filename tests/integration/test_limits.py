@@ -42,6 +42,21 @@ async def try_connect(server):
         return type(e).__name__
 
 
+async def close_and_connect_again(test, client):
+    """Closes `client` and returns a new connection, which must be accepted once the close is
+    processed (asynchronously, so within moments rather than at once)."""
+    await client.close()
+    test._clients.remove(client)
+    for _ in range(50):
+        again = await try_connect(test.server)
+        if isinstance(again, Client):
+            break
+        await asyncio.sleep(0.05)
+    test.assertIsInstance(again, Client, f"after a close: {again!r}")
+    test._clients.append(again)
+    return again
+
+
 class PerAddressLimitTest(ServerTestCase):
     # One thread: the per-core share of the limit is the limit itself, so the count is exact.
     SERVER_KW = {"threads": 1, "extra_args": ["--limits.max_connections_per_ip=4"]}
@@ -57,16 +72,7 @@ class PerAddressLimitTest(ServerTestCase):
         await clients[0].ok("send", to="u1", cmid="c1", body="still here")
         ev = await clients[1].next_event("msg")
         self.assertEqual((ev["conv"], ev["body"]), (dconv("u0", "u1"), "still here"))
-        await clients[3].close()
-        self._clients.remove(clients[3])
-        # The close is processed asynchronously; the room comes back within moments.
-        for _ in range(50):
-            again = await try_connect(self.server)
-            if isinstance(again, Client):
-                break
-            await asyncio.sleep(0.05)
-        self.assertIsInstance(again, Client, f"after a close: {again!r}")
-        self._clients.append(again)
+        again = await close_and_connect_again(self, clients[3])
         await again.hello(user="u9")
         await again.close()
         self._clients.remove(again)
@@ -94,15 +100,7 @@ class MaxConnectionsTest(ServerTestCase):
         await clients[0].ok("send", to="m2", cmid="c1", body="full house")
         ev = await clients[2].next_event("msg")
         self.assertEqual(ev["body"], "full house")
-        await clients[1].close()
-        self._clients.remove(clients[1])
-        for _ in range(50):
-            again = await try_connect(self.server)
-            if isinstance(again, Client):
-                break
-            await asyncio.sleep(0.05)
-        self.assertIsInstance(again, Client, f"after a close: {again!r}")
-        self._clients.append(again)
+        again = await close_and_connect_again(self, clients[1])
         await again.hello(user="m9")
 
 
