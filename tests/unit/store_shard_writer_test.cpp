@@ -168,14 +168,15 @@ TEST_CASE("shard writer's BeforeSeal hook adds to each batch once, just before i
   auto store = OpenTestStore(dir.path());
   Driver d;
   std::vector<size_t> ops_at_seal, ops_written;
+  // The record many operations rewrite: only its latest value goes in, once per batch. (Declared
+  // before the writer, whose destructor may still seal a batch.)
+  int64_t read_seq = 0;
   // A slow disk, so that several Polls' operations gather in one batch.
   ShardWriter w(*store, d.notify(), [&](Batch& b) {
     ops_written.push_back(b.ops());  // the writer thread; the test reads it after Drain
     std::this_thread::sleep_for(1ms);
     return store->Write(b);
   });
-  // The record many operations rewrite: only its latest value goes in, once per batch.
-  int64_t read_seq = 0;
   w.BeforeSeal([&](Batch& b) {
     ops_at_seal.push_back(b.ops());
     b.PutUserConv("bob", "d:alice:bob", UserConvRecord{read_seq, 0, read_seq, 0});
