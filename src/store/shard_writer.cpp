@@ -60,9 +60,7 @@ void ShardWriter::ReportFailure(uint64_t generation, bool sync) {
   // this generation without writing it). Later submissions get a new generation. A failed
   // write is known to the thread already; a failed sync is not: tell it.
   if (sync) sync_failed_generation_.store(generation + 1, std::memory_order_release);
-  if (!current_.empty() || !current_callbacks_.empty() || !current_written_.empty()) {
-    SubmitCurrent();
-  }
+  if (current_pending()) SubmitCurrent();
   ++generation_;
 }
 
@@ -102,6 +100,25 @@ void ShardWriter::Poll() {
       }
     }
   }
+  RunCommitted();
+  // Group commit: while a batch is being written, everything new gathers in current_ and goes
+  // in the next write (no copying of queued batches into each other). A batch that grew past
+  // kMaxMergeBytes goes anyway, so that one commit's size and latency stay bounded. With
+  // nothing in flight, a small batch may be written right here; its OnWritten callbacks may
+  // add to current_ again, hence the loop (bounded: then the thread takes over).
+  for (int round = 0; current_pending(); ++round) {
+    if (in_flight_ != 0 && current_.ByteSize() < kMaxMergeBytes) break;
+    if (in_flight_ == 0 && round < kMaxInlineRounds && WriteCurrentInline()) {
+      RunCommitted();
+      continue;
+    }
+    SubmitCurrent();
+    break;
+  }
+  FlushBacklog();
+}
+
+void ShardWriter::RunCommitted() {
   // OnCommit callbacks in submission order: a job whose outcome is known waits for the
   // durability of those before it.
   while (!awaiting_sync_.empty() && awaiting_sync_.front().final) {
@@ -109,18 +126,60 @@ void ShardWriter::Poll() {
     awaiting_sync_.pop_front();
     for (Callback& cb : w.committed) cb(w.status);
   }
-  // Group commit: while a batch is being written, everything new gathers in current_ and goes
-  // in the next write (no copying of queued batches into each other). A batch that grew past
-  // kMaxMergeBytes goes anyway, so that one commit's size and latency stay bounded.
-  if ((!current_.empty() || !current_callbacks_.empty() || !current_written_.empty()) &&
-      (in_flight_ == 0 || current_.ByteSize() >= kMaxMergeBytes)) {
-    SubmitCurrent();
+}
+
+bool ShardWriter::WriteCurrentInline() {
+  if (inline_max_bytes_ == 0 || current_.ByteSize() > inline_max_bytes_) return false;
+  // Without a syncer a commit is a whole Store::Write: only unsynced storage can be written
+  // here (fsync never runs on the calling thread).
+  if (syncer_ == nullptr && !write_ && store_.options().sync) return false;
+  if (before_seal_ && !current_sealed_) before_seal_(current_);
+  current_sealed_ = true;  // if declined, SubmitCurrent must not call the hook again
+  const int64_t start_us = MonoMicros();
+  std::optional<absl::Status> result = absl::OkStatus();
+  if (!current_.empty()) {
+    result = write_ ? std::optional<absl::Status>(write_(current_))
+                    : store_.WriteUnsyncedIfQuick(current_);
   }
-  FlushBacklog();
+  if (!result.has_value()) return false;  // declined: it would have to wait
+  absl::Status status = *std::move(result);
+  uint64_t ticket = 0;
+  if (!current_.empty()) {
+    stats_.commits.fetch_add(1, std::memory_order_relaxed);
+    stats_.inline_commits.fetch_add(1, std::memory_order_relaxed);
+    stats_.bytes.fetch_add(current_.ByteSize(), std::memory_order_relaxed);
+    stats_.latency.RecordSince(start_us);
+    if (status.ok() && syncer_ != nullptr) ticket = syncer_->NoteWritten();
+  } else if (syncer_ != nullptr) {
+    // Callbacks without operations: "durable" once everything written so far is.
+    ticket = syncer_->last_ticket();
+  }
+  stats_.batches.fetch_add(1, std::memory_order_relaxed);
+  current_.Clear();
+  current_sealed_ = false;
+  Waiting w;
+  w.id = ++next_id_;
+  w.generation = generation_;
+  w.written = std::move(current_written_);
+  w.committed = std::move(current_callbacks_);
+  current_written_.clear();
+  current_callbacks_.clear();
+  if (!status.ok()) {
+    stats_.failures.fetch_add(1, std::memory_order_relaxed);
+    ReportFailure(w.generation, /*sync=*/false);  // current_ is empty: just a new generation
+  }
+  w.status = status;
+  w.ticket = ticket;
+  w.final = !status.ok() || ticket == 0;
+  std::vector<Callback> written = std::move(w.written);
+  awaiting_sync_.push_back(std::move(w));
+  for (Callback& cb : written) cb(status);
+  return true;
 }
 
 void ShardWriter::SubmitCurrent() {
-  if (before_seal_) before_seal_(current_);
+  if (before_seal_ && !current_sealed_) before_seal_(current_);
+  current_sealed_ = false;
   std::unique_ptr<Job> job;
   if (free_jobs_.empty()) {
     job = std::make_unique<Job>();

@@ -544,14 +544,61 @@ void Store::PublishDurable(SnapshotRef snapshot) {
   // `old` is released here, outside the lock (or by the last reader still holding it).
 }
 
+namespace {
+
+// Counts a write in progress for as long as it lives.
+class WriteInProgress {
+ public:
+  explicit WriteInProgress(std::atomic<int>& count) : count_(count) {
+    count_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  ~WriteInProgress() { count_.fetch_sub(1, std::memory_order_acq_rel); }
+  WriteInProgress(const WriteInProgress&) = delete;
+  WriteInProgress& operator=(const WriteInProgress&) = delete;
+
+ private:
+  std::atomic<int>& count_;
+};
+
+int64_t SteadyMillis() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+std::optional<absl::Status> Store::WriteUnsyncedIfQuick(Batch& batch) {
+  if (batch.empty()) return absl::OkStatus();
+  if (batch.store_ != this) {
+    return absl::InvalidArgumentError("store: batch belongs to another store");
+  }
+  // Declined (nothing written) whenever the write could wait: another thread's write (RocksDB
+  // would queue this one behind it), recovery from a failed write, or a disk running full
+  // (whose refusal is Write's to give).
+  if (writes_in_progress_.load(std::memory_order_acquire) != 0 ||
+      write_failed_.load(std::memory_order_acquire)) {
+    return std::nullopt;
+  }
+  if (options_.min_free_bytes != 0 && FreeBytes(SteadyMillis()) < options_.min_free_bytes) {
+    return std::nullopt;
+  }
+  WriteInProgress in_progress(writes_in_progress_);
+  rocksdb::WriteOptions wo;
+  wo.sync = false;
+  wo.no_slowdown = true;  // a write stall answers Incomplete at once instead of sleeping
+  rocksdb::Status s = db_->Write(wo, batch.raw());
+  if (s.IsIncomplete()) return std::nullopt;
+  if (!s.ok()) write_failed_.store(true, std::memory_order_release);
+  return FromRocks(s, "write");
+}
+
 absl::Status Store::WriteWith(Batch& batch, bool sync) {
   if (batch.empty()) return absl::OkStatus();
   if (batch.store_ != this) {
     return absl::InvalidArgumentError("store: batch belongs to another store");
   }
-  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                             std::chrono::steady_clock::now().time_since_epoch())
-                             .count();
+  const int64_t now_ms = SteadyMillis();
   if (options_.min_free_bytes != 0) {
     // A full disk is refused here, before RocksDB meets ENOSPC: a failed WAL write leaves
     // RocksDB needing a resume, and some versions abort on the next write to that log.
@@ -575,6 +622,7 @@ absl::Status Store::WriteWith(Batch& batch, bool sync) {
       write_failed_.store(false, std::memory_order_release);
     }
   }
+  WriteInProgress in_progress(writes_in_progress_);
   rocksdb::WriteOptions wo;
   wo.sync = sync;
   rocksdb::Status s = db_->Write(wo, batch.raw());
@@ -829,10 +877,7 @@ Store::Stats Store::GetStats() {
     st.pending_compaction_bytes = v;
   }
   st.block_cache_bytes = impl_->cache->GetUsage();
-  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                             std::chrono::steady_clock::now().time_since_epoch())
-                             .count();
-  st.disk_free_bytes = FreeBytes(now_ms);
+  st.disk_free_bytes = FreeBytes(SteadyMillis());
   st.writes_refused =
       (options_.min_free_bytes != 0 && st.disk_free_bytes < options_.min_free_bytes) ||
       write_failed_.load(std::memory_order_acquire);

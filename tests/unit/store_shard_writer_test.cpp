@@ -345,6 +345,9 @@ TEST_CASE("with synced storage OnWritten runs before OnCommit, each in submissio
   LogSyncer syncer(*store);
   Driver d;
   ShardWriter w(*store, d.notify(), &syncer);
+  const bool inline_writes = GENERATE(false, true);
+  INFO("inline writes: " << inline_writes);
+  if (inline_writes) w.WriteInlineUpTo(16 << 10);
   std::vector<std::string> log;
   bool readable_when_written = true;
   constexpr int kBatches = 60;
@@ -551,4 +554,165 @@ TEST_CASE("after a failed sync, what was added before the failure was seen fails
   CHECK(log == std::vector<std::string>{"w1", "c1-err", "w2-err", "c2-err"});
   // The second batch was never written.
   CHECK(store->LastInboxSeq("bob").value() == 1);
+}
+
+// ---- Inline writes (WriteInlineUpTo): Poll writes small batches itself while nothing is in
+// flight.
+
+TEST_CASE("with its writer idle, Poll writes a small batch itself", "[store]") {
+  TempDir dir;
+  const bool synced = GENERATE(false, true);
+  INFO("synced storage: " << synced);
+  auto store = synced ? OpenSyncedStore(dir.path()) : OpenTestStore(dir.path());
+  std::unique_ptr<LogSyncer> syncer;
+  if (synced) syncer = std::make_unique<LogSyncer>(*store);
+  Driver d;
+  ShardWriter w(*store, d.notify(), syncer.get());
+  w.WriteInlineUpTo(16 << 10);
+  int sealed = 0;
+  w.BeforeSeal([&](Batch&) { ++sealed; });
+  std::vector<std::string> log;
+  bool readable_when_written = false;
+  w.current().PutMessage("d:alice:bob", 1, Msg(1));
+  w.OnWritten([&](const absl::Status& s) {
+    log.push_back(s.ok() ? "w" : "w-err");
+    auto m = store->GetMessage("d:alice:bob", 1);
+    readable_when_written = m.ok() && m->has_value();
+  });
+  w.OnCommit([&](const absl::Status& s) { log.push_back(s.ok() ? "c" : "c-err"); });
+  w.Poll();
+  // Written before Poll returned; durable then too unless a sync must follow.
+  CHECK(readable_when_written);
+  CHECK(w.stats().inline_commits.load() == 1);
+  CHECK(w.stats().commits.load() == 1);
+  CHECK(sealed == 1);
+  if (synced) {
+    CHECK(log == std::vector<std::string>{"w"});
+    d.Drain(w);
+  }
+  CHECK(log == std::vector<std::string>{"w", "c"});
+  CHECK(sealed == 1);
+  CHECK(w.stats().failures.load() == 0);
+}
+
+TEST_CASE("inline writes keep submission order with the writer thread's", "[store]") {
+  TempDir dir;
+  auto store = OpenTestStore(dir.path());
+  Driver d;
+  const std::thread::id test_thread = std::this_thread::get_id();
+  // Which thread wrote each batch, in order of writing ("inline" / "thread").
+  std::vector<std::pair<std::string, size_t>> writes;  // (who, operations)
+  ShardWriter w(*store, d.notify(), [&](Batch& b) {
+    const bool inline_write = std::this_thread::get_id() == test_thread;
+    writes.emplace_back(inline_write ? "inline" : "thread", b.ops());
+    if (!inline_write) std::this_thread::sleep_for(2ms);  // a commit stays in flight a while
+    return store->Write(b);
+  });
+  w.WriteInlineUpTo(1024);
+  std::vector<std::string> log;
+  auto add = [&](int seq, size_t body_bytes) {
+    MessageRecord m = Msg(seq);
+    m.body.assign(body_bytes, 'x');
+    w.current().PutMessage("d:alice:bob", seq, m);
+    w.OnWritten([&log, seq](const absl::Status& s) {
+      log.push_back("w" + std::to_string(seq) + (s.ok() ? "" : "-err"));
+    });
+    w.OnCommit([&log, seq](const absl::Status& s) {
+      log.push_back("c" + std::to_string(seq) + (s.ok() ? "" : "-err"));
+    });
+  };
+  add(1, 4096);  // over the inline limit: the thread writes it
+  w.Poll();
+  CHECK(log.empty());
+  add(2, 10);  // small, but a commit is in flight: it waits, and goes once that one is written
+  w.Poll();
+  CHECK(log.empty());
+  d.Drain(w);
+  add(3, 10);  // small, writer idle: written inline at once
+  w.Poll();
+  CHECK(log == std::vector<std::string>{"w1", "c1", "w2", "c2", "w3", "c3"});
+  REQUIRE(writes.size() == 3);
+  CHECK(writes[0].first == "thread");
+  CHECK(writes[1].first == "inline");
+  CHECK(writes[2].first == "inline");
+  CHECK(w.stats().inline_commits.load() == 2);
+  CHECK(store->LastConvSeq("d:alice:bob").value() == 3);
+}
+
+TEST_CASE("what OnWritten callbacks add is written inline too, a few rounds per Poll", "[store]") {
+  TempDir dir;
+  auto store = OpenTestStore(dir.path());
+  Driver d;
+  ShardWriter w(*store, d.notify());
+  w.WriteInlineUpTo(16 << 10);
+  constexpr int kChain = 10;
+  std::vector<int> written;
+  // Each entry, once written, adds the next (as a message's inbox appends follow its log write).
+  std::function<void(int)> add = [&](int n) {
+    w.current().PutInbox("bob", n, InboxRecord{"d:alice:bob", n, ""});
+    w.OnWritten([&, n](const absl::Status& s) {
+      REQUIRE(s.ok());
+      written.push_back(n);
+      if (n < kChain) add(n + 1);
+    });
+  };
+  add(1);
+  w.Poll();
+  // Bounded work per Poll: the rounds after the bound went to the thread.
+  const uint64_t inline_after_one_poll = w.stats().inline_commits.load();
+  CHECK(inline_after_one_poll >= 2);
+  CHECK(inline_after_one_poll < kChain);
+  d.PollUntil(w, [&] { return written.size() == kChain; });
+  d.Drain(w);
+  for (int i = 0; i < kChain; ++i) CHECK(written[static_cast<size_t>(i)] == i + 1);
+  CHECK(store->LastInboxSeq("bob").value() == kChain);
+}
+
+TEST_CASE("a failed inline write fails its callbacks and later batches are attempted", "[store]") {
+  TempDir dir;
+  auto store = OpenTestStore(dir.path());
+  Driver d;
+  int writes = 0;
+  ShardWriter w(*store, d.notify(), [&](Batch& b) -> absl::Status {
+    if (++writes == 1) return absl::UnavailableError("disk gone");
+    return store->Write(b);
+  });
+  w.WriteInlineUpTo(16 << 10);
+  std::vector<std::string> log;
+  AddLoggedInbox(w, log, 1);
+  w.Poll();
+  CHECK(log == std::vector<std::string>{"w1-err", "c1-err"});
+  CHECK(w.stats().failures.load() == 1);
+  AddLoggedInbox(w, log, 2);
+  w.Poll();
+  CHECK(log == std::vector<std::string>{"w1-err", "c1-err", "w2", "c2"});
+  CHECK(writes == 2);
+  CHECK(w.stats().inline_commits.load() == 2);
+  CHECK(store->LastInboxSeq("bob").value() == 2);
+  CHECK_FALSE(store->GetMessage("d:alice:bob", 1).value().has_value());
+}
+
+TEST_CASE("a write the store declines inline goes to the writer thread, sealed once", "[store]") {
+  TempDir dir;
+  StoreOptions o = parley::store::testing::TestStoreOptions(dir.path());
+  o.min_free_bytes = UINT64_MAX;  // "the disk is full": WriteUnsyncedIfQuick declines
+  auto store = OpenTestStore(o);
+  Driver d;
+  ShardWriter w(*store, d.notify());
+  w.WriteInlineUpTo(16 << 10);
+  int sealed = 0;
+  w.BeforeSeal([&](Batch& b) {
+    ++sealed;
+    b.PutLastSeen("bob", 7);
+  });
+  std::vector<std::string> log;
+  AddLoggedInbox(w, log, 1);
+  w.Poll();
+  CHECK(log.empty());  // nothing ran inline
+  d.Drain(w);
+  // The thread's Write gives the full disk's error.
+  CHECK(log == std::vector<std::string>{"w1-err", "c1-err"});
+  CHECK(sealed == 1);
+  CHECK(w.stats().inline_commits.load() == 0);
+  CHECK(w.stats().failures.load() == 1);
 }

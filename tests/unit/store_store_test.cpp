@@ -539,6 +539,37 @@ TEST_CASE("storage stats reflect written data", "[store]") {
   REQUIRE(store->GetMessage("d:a:b", 5).ok());
 }
 
+TEST_CASE("WriteUnsyncedIfQuick writes, or declines without writing when it would wait",
+          "[store]") {
+  TempDir dir;
+  {
+    auto store = OpenStore(dir.path() + "/a");
+    Batch b = store->NewBatch();
+    b.PutMessage("d:a:b", 1, Msg("hi"));
+    std::optional<absl::Status> s = store->WriteUnsyncedIfQuick(b);
+    REQUIRE(s.has_value());
+    CHECK(s->ok());
+    CHECK(store->GetMessage("d:a:b", 1).value().has_value());
+    Batch empty = store->NewBatch();
+    s = store->WriteUnsyncedIfQuick(empty);
+    REQUIRE(s.has_value());
+    CHECK(s->ok());
+  }
+  {
+    // A data volume below min_free_bytes: declined here, refused with a reason by Write.
+    StoreOptions o = parley::store::testing::TestStoreOptions(dir.path() + "/b");
+    o.min_free_bytes = UINT64_MAX;
+    auto store = parley::store::testing::OpenTestStore(o);
+    Batch b = store->NewBatch();
+    b.PutMessage("d:a:b", 1, Msg("hi"));
+    CHECK_FALSE(store->WriteUnsyncedIfQuick(b).has_value());
+    CHECK_FALSE(store->GetMessage("d:a:b", 1).value().has_value());
+    absl::Status refused = store->Write(b);
+    CHECK(absl::IsUnavailable(refused));
+    CHECK(refused.message().find("min_free_bytes") != std::string_view::npos);
+  }
+}
+
 TEST_CASE("open adopts an existing database, creating missing shards and keeping others",
           "[store]") {
   TempDir dir;

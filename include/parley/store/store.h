@@ -184,6 +184,12 @@ class Store {
   // There is one log, so the sync of a later write also makes every earlier write durable.
   absl::Status WriteUnsynced(Batch& batch);
   absl::Status SyncLog();
+  // WriteUnsynced for a thread that must not wait (a reactor): nullopt, with nothing written,
+  // whenever the write could wait — while another thread writes (RocksDB would queue this
+  // write behind it), while a failed write is being recovered from, when the data volume is
+  // below min_free_bytes, or when RocksDB would slow or stop the write (a write stall). The
+  // caller then hands the batch to a thread that may wait. Otherwise, WriteUnsynced's result.
+  std::optional<absl::Status> WriteUnsyncedIfQuick(Batch& batch);
 
   // What history reads see. Between WriteUnsynced and the SyncLog after it, a write is
   // readable but a crash could still take it back; a conversation's history must not show
@@ -249,6 +255,7 @@ class Store {
   std::vector<rocksdb::ColumnFamilyHandle*> shards_;
   // Set by a failed write; the writers (one thread per shard) share it.
   std::atomic<bool> write_failed_{false};
+  std::atomic<int> writes_in_progress_{0};  // RocksDB writes under way (any thread)
   // Free bytes on the data volume, from statvfs at most every 100 ms.
   std::atomic<uint64_t> free_bytes_{UINT64_MAX};
   // Free bytes on the data volume, measured again if the last figure is 100 ms old.
