@@ -26,6 +26,18 @@ namespace {
 constexpr int64_t kLingerMs = 2000;
 // Back-off before re-arming accept after the process ran out of descriptors or memory.
 constexpr int64_t kAcceptRetryMs = 100;
+// Clients refused per round while the process is out of descriptors (the accept retry starts
+// the next round).
+constexpr int kRefusalsPerRound = 64;
+constexpr std::string_view kOutOfDescriptors = "server out of file descriptors";
+
+// The answer to a client refused before any HTTP is read: 503 with the reason as its body.
+std::string RefusalText(std::string_view why) {
+  return StrCat(
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+      "Retry-After: 1\r\nConnection: close\r\nContent-Length: ",
+      why.size() + 1, "\r\n\r\n", why, "\n");
+}
 }  // namespace
 
 // ---- ConnectionHandler / Connection ----
@@ -432,10 +444,7 @@ void Reactor::AnswerRefusal(int fd, std::string_view why) {
   char sink[2048];
   while (::recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0) {
   }
-  const std::string answer = StrCat(
-      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-      "Retry-After: 1\r\nConnection: close\r\nContent-Length: ",
-      why.size() + 1, "\r\n\r\n", why, "\n");
+  const std::string answer = RefusalText(why);
   [[maybe_unused]] ssize_t sent =
       ::send(fd, answer.data(), answer.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
   ::shutdown(fd, SHUT_WR);
@@ -446,7 +455,7 @@ void Reactor::ShedBacklog() {
   // client gets a 503 instead of hanging in the backlog until its own timeout.
   if (listen_fd_ < 0) return;
   if (features_.direct_refusals) {
-    shed_budget_ = 64;
+    shed_budget_ = kRefusalsPerRound;
     ShedNextDirect();
     return;
   }
@@ -455,7 +464,7 @@ void Reactor::ShedBacklog() {
   // last time: get the reserve back first, or there is nothing to refuse with.
   if (reserve_fd_ < 0) reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (reserve_fd_ < 0) return;
-  for (int i = 0; i < 64; ++i) {
+  for (int i = 0; i < kRefusalsPerRound; ++i) {
     pollfd pfd{listen_fd_, POLLIN, 0};
     if (::poll(&pfd, 1, 0) <= 0 || !(pfd.revents & POLLIN)) break;
     // The freed slot is free only until accept4 takes it again: the refused socket then
@@ -468,7 +477,7 @@ void Reactor::ShedBacklog() {
       reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
       break;
     }
-    AnswerRefusal(reserve_fd_, "server out of file descriptors");
+    AnswerRefusal(reserve_fd_, kOutOfDescriptors);
   }
 }
 
@@ -494,13 +503,7 @@ void Reactor::OnShedAccepted(int res) {
   if (res < 0) return;
   const unsigned slot = static_cast<unsigned>(res);
   refused_.fetch_add(1, std::memory_order_relaxed);
-  if (shed_answer_.empty()) {
-    constexpr std::string_view kWhy = "server out of file descriptors";
-    shed_answer_ = StrCat(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        "Retry-After: 1\r\nConnection: close\r\nContent-Length: ",
-        kWhy.size() + 1, "\r\n\r\n", kWhy, "\n");
-  }
+  if (shed_answer_.empty()) shed_answer_ = RefusalText(kOutOfDescriptors);
   // The four steps go in one submission: a link chain must not be split by a full queue.
   if (io_uring_sq_space_left(&ring_) < 4) io_uring_submit(&ring_);
   // Hard links: each step runs even if the one before failed (nothing sent yet, peer gone),
@@ -520,7 +523,7 @@ void Reactor::OnShedAccepted(int res) {
   io_uring_sqe_set_data64(sqe, kTagIgnore);
   sqe = GetSqe();
   io_uring_prep_close_direct(sqe, slot);
-  io_uring_sqe_set_data64(sqe, kShedClosed | kTagShed);
+  io_uring_sqe_set_data64(sqe, kTagIgnore);
   ShedNextDirect();
 }
 
