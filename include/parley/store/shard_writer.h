@@ -9,9 +9,10 @@
 //   writer.Poll();                                     // once per loop iteration (a poller)
 //   writer.BeforeSeal([](Batch& b){...});              // last additions to every batch
 // Poll runs the callbacks of finished work, in submission order, then hands the current batch
-// (if any) to the writer thread unless a batch is still being written: what arrives meanwhile
-// gathers in current() and becomes the next write (a batch past 16 MiB goes without waiting,
-// and the thread merges such queued batches). The thread calls `notify` (the reactor's
+// (if any) to the writer thread (or, see WriteInlineUpTo, writes a small one itself) unless a
+// batch is still being written: what arrives meanwhile gathers in current() and becomes the
+// next write (a batch past 16 MiB goes without waiting, and the thread merges such queued
+// batches). The thread calls `notify` (the reactor's
 // Notify) whenever it has results, so that Poll runs soon.
 //
 // Two phases (with a LogSyncer, i.e. synced storage). The thread writes a batch without
