@@ -14,7 +14,6 @@
 #include <sys/statvfs.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -560,12 +559,6 @@ class WriteInProgress {
   std::atomic<int>& count_;
 };
 
-int64_t SteadyMillis() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 }  // namespace
 
 std::optional<absl::Status> Store::WriteUnsyncedIfQuick(Batch& batch) {
@@ -580,7 +573,7 @@ std::optional<absl::Status> Store::WriteUnsyncedIfQuick(Batch& batch) {
       write_failed_.load(std::memory_order_acquire)) {
     return std::nullopt;
   }
-  if (options_.min_free_bytes != 0 && FreeBytes(SteadyMillis()) < options_.min_free_bytes) {
+  if (options_.min_free_bytes != 0 && FreeBytes(MonoMillis()) < options_.min_free_bytes) {
     return std::nullopt;
   }
   WriteInProgress in_progress(writes_in_progress_);
@@ -598,7 +591,7 @@ absl::Status Store::WriteWith(Batch& batch, bool sync) {
   if (batch.store_ != this) {
     return absl::InvalidArgumentError("store: batch belongs to another store");
   }
-  const int64_t now_ms = SteadyMillis();
+  const int64_t now_ms = MonoMillis();
   if (options_.min_free_bytes != 0) {
     // A full disk is refused here, before RocksDB meets ENOSPC: a failed WAL write leaves
     // RocksDB needing a resume, and some versions abort on the next write to that log.
@@ -877,7 +870,7 @@ Store::Stats Store::GetStats() {
     st.pending_compaction_bytes = v;
   }
   st.block_cache_bytes = impl_->cache->GetUsage();
-  st.disk_free_bytes = FreeBytes(SteadyMillis());
+  st.disk_free_bytes = FreeBytes(MonoMillis());
   st.writes_refused =
       (options_.min_free_bytes != 0 && st.disk_free_bytes < options_.min_free_bytes) ||
       write_failed_.load(std::memory_order_acquire);
