@@ -197,20 +197,22 @@ def main():
     if url is None:
         if args.bin:
             os.environ["PARLEY_BIN"] = args.bin
-        from pg_harness import Server
+        from harness import Server
         server = Server(["--limits.rate_per_sec=100000", "--limits.rate_burst=100000",
                          "--limits.request_rate_per_sec=100000",
                          "--limits.request_rate_burst=100000",
                          f"--limits.max_group_size={max(200, args.members)}"],
                         threads=args.threads).start()
-        url = server.url
+        url = server.ws_url()
     try:
         result = asyncio.run(probe(url, args))
     finally:
         if server is not None:
-            rc, tail = server.stop()
+            rc = server.stop(check=False)
             if rc != 0:
-                print(f"server exit status {rc}:\n{tail}", file=sys.stderr)
+                print(f"server exit status {rc} (None: killed after 5 s):\n{server.log_tail()}",
+                      file=sys.stderr)
+            server.cleanup()
     if server is not None:
         result["server_threads"] = args.threads
         result["server_exit"] = rc

@@ -10,7 +10,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from chat_harness import ServerTestCase, main  # noqa: E402
+from harness import ServerTestCase, main  # noqa: E402
 
 ADMIN = "admin-token-for-integration-tests-42"
 
@@ -73,7 +73,7 @@ class AdminSendTest(ServerTestCase):
         self.assertEqual((again["conv"], again["seq"], again["ts"]),
                          (first["conv"], first["seq"], first["ts"]))
         await bob.next_event("msg")
-        await bob.expect_no_event("msg", wait=0.5)
+        await bob.no_event("msg", within=0.5)
         resp = await bob.ok("sync", since=0)
         self.assertEqual(resp["inbox_seq"], 1)
         nxt = self.post_json({"from": "system", "to": "bob", "cmid": "n-8", "body": "y"}, 200)
@@ -110,7 +110,7 @@ class AdminSendTest(ServerTestCase):
                 ans = self.post_json(body, 400)
                 self.assertEqual(ans.get("code"), "bad_request", f"{what}: {ans}")
                 self.assertIsInstance(ans.get("message"), str, f"{what}: {ans}")
-        await bob.expect_no_event("msg", wait=0.3)
+        await bob.no_event("msg", within=0.3)
         self.assertEqual((await bob.ok("sync", since=0))["inbox_seq"], 0)
 
     async def test_unauthorized_is_401(self):
@@ -126,7 +126,7 @@ class AdminSendTest(ServerTestCase):
             with self.subTest(what):
                 status, _, data = self.post(body, **kw)
                 self.assertEqual(status, 401, f"{what}: {status} {data!r}")
-        await bob.expect_no_event("msg", wait=0.3)
+        await bob.no_event("msg", within=0.3)
         self.assertEqual((await bob.ok("sync", since=0))["inbox_seq"], 0)
         # A refused request's cmid was not used.
         ans = self.post_json(body, 200)
@@ -147,7 +147,7 @@ class AdminDisabledTest(ServerTestCase):
                 status, _, data = self.server.http("POST", "/api/v1/send", body=body,
                                                    headers=hdrs)
                 self.assertEqual(status, 401, f"{status} {data!r}")
-        await bob.expect_no_event("msg", wait=0.3)
+        await bob.no_event("msg", within=0.3)
 
 
 def parse_metrics(text):

@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from chat_harness import ServerTestCase, dconv, main  # noqa: E402
+from harness import ServerTestCase, dconv, main  # noqa: E402
 
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@-"
 FAST = ["--limits.rate_per_sec=100000", "--limits.rate_burst=100000"]
@@ -45,7 +45,7 @@ class MessagingTestCase(ServerTestCase):
         members), so that the members' inboxes and conversation lists include it."""
         ok = await self.send_ok(client, cmid, to=to, body=body, **fields)
         for o in observers:
-            await o.next_event("msg", pred=lambda e: e["cmid"] == cmid and e["seq"] == ok["seq"])
+            await o.next_event("msg", match=lambda e: e["cmid"] == cmid and e["seq"] == ok["seq"])
         return ok
 
     def assert_fields(self, ev, expected, what=""):
@@ -119,9 +119,9 @@ class SendTest(MessagingTestCase):
                 self.assertEqual(ev["ts"], ok2["ts"])
                 self.assertNotIn("meta", ev)
                 self.assertNotIn("id", ev)
-        await carol.expect_no_event("msg", wait=0.5)
+        await carol.no_event("msg", within=0.5)
         for c in (a1, a2, b1, b2):
-            await c.expect_no_event("msg", wait=0.2)
+            await c.no_event("msg", within=0.2)
 
     async def test_inbox_numbers_are_per_user(self):
         alice = await self.client(user="alice")
@@ -131,11 +131,11 @@ class SendTest(MessagingTestCase):
         await self.send_ok(alice, "a2", to="carol")  # alice 2, carol 2
         ok = await self.send_ok(alice, "a3", to="bob")  # alice 3, bob 1
         self.assertEqual(ok["seq"], 1)
-        evs = await alice.events("msg", 3)
+        evs = await alice.collect("msg", 3)
         self.assertEqual([e["inbox"] for e in evs], [1, 2, 3])
         ev = await bob.next_event("msg")
         self.assertEqual((ev["inbox"], ev["seq"], ev["cmid"]), (1, 1, "a3"))
-        evs = await carol.events("msg", 2)
+        evs = await carol.collect("msg", 2)
         self.assertEqual([(e["inbox"], e["seq"]) for e in evs], [(1, 1), (2, 2)])
 
     async def test_message_to_oneself_takes_one_inbox_entry(self):
@@ -148,7 +148,7 @@ class SendTest(MessagingTestCase):
             ev = await c.next_event("msg")
             self.assertEqual((ev["inbox"], ev["conv"], ev["seq"], ev["from"]),
                              (1, "d:alice:alice", 1, "alice"))
-            await c.expect_no_event("msg", wait=0.4)
+            await c.no_event("msg", within=0.4)
         resp = await a1.ok("sync", since=0)
         self.assertEqual(len(resp["events"]), 1, resp)
         self.assertEqual(resp["inbox_seq"], 1)
@@ -174,14 +174,14 @@ class SendTest(MessagingTestCase):
         # A retry with a different body is still the same message.
         again2 = await self.send_ok(alice, "dup-1", to="bob", body="changed")
         self.assertEqual((again2["seq"], again2["ts"], again2["dup"]), (ok["seq"], ok["ts"], True))
-        await bob.expect_no_event("msg", wait=0.5)
-        await alice.expect_no_event("msg", wait=0.1)
+        await bob.no_event("msg", within=0.5)
+        await alice.no_event("msg", within=0.1)
         # Same cmid to another recipient: still the first message.
         carol = await self.client(user="carol")
         other = await self.send_ok(alice, "dup-1", to="carol", body="once")
         self.assertIs(other["dup"], True)
         self.assertEqual((other["conv"], other["seq"], other["ts"]), ("d:alice:bob", 1, ok["ts"]))
-        await carol.expect_no_event("msg", wait=0.5)
+        await carol.no_event("msg", within=0.5)
         resp = await carol.ok("sync", since=0)
         self.assertEqual((resp["events"], resp["inbox_seq"]), ([], 0))
         # Nothing was stored twice.
@@ -219,9 +219,9 @@ class SendTest(MessagingTestCase):
             self.assertEqual((x["op"], y["op"]), ("ok", "ok"), (x, y))
             self.assertEqual((x["seq"], x["ts"]), (y["seq"], y["ts"]), f"race-{i}: {x} vs {y}")
             self.assertEqual(sorted([x["dup"], y["dup"]]), [False, True], f"race-{i}: {x} {y}")
-        evs = await bob.events("msg", 20, timeout=10)
+        evs = await bob.collect("msg", 20, timeout=10)
         self.assertEqual(sorted(e["seq"] for e in evs), list(range(1, 21)))
-        await bob.expect_no_event("msg", wait=0.5)
+        await bob.no_event("msg", within=0.5)
 
 
 class ValidationTest(MessagingTestCase):
@@ -238,7 +238,7 @@ class ValidationTest(MessagingTestCase):
             r = await alice.request("send", to="bob", cmid=f"v-4-{i}", body="x", meta=meta)
             self.assert_error(r, "bad_request", f"meta {meta!r}")
         # None of these was stored or delivered.
-        await bob.expect_no_event("msg", wait=0.3)
+        await bob.no_event("msg", within=0.3)
         # Empty body with meta is fine; meta arrives as the same object.
         meta = {"kind": "reaction", "emoji": "\U0001F44D", "to": 3, "nested": {"a": [1, 2.5, None,
                 True, {"b": "c"}]}, "empty": {}, "s": "quote\"back\\slash\nnl"}
@@ -298,7 +298,7 @@ class ValidationTest(MessagingTestCase):
         self.assertEqual(r["code"], "too_large", r)
         r = await alice.request("send", to="bob", cmid="m-big", body="b", meta=meta_of(10000))
         self.assert_error(r, "too_large", "meta of 10000 bytes")
-        await bob.expect_no_event("msg", wait=0.3)
+        await bob.no_event("msg", within=0.3)
         ok2 = await self.send_ok(alice, "m-after", to="bob")
         self.assertEqual(ok2["seq"], ok["seq"] + 1)
 
@@ -312,7 +312,7 @@ class ValidationTest(MessagingTestCase):
             self.assert_error(r, "bad_request", f"cmid {bad!r}")
         r = await alice.request("send", to="bob", cmid=12, body="x")
         self.assert_error(r, "bad_request", "cmid not a string")
-        await bob.expect_no_event("msg", wait=0.3)
+        await bob.no_event("msg", within=0.3)
         ok = await self.send_ok(alice, ID_ALPHABET[:64], to="bob")
         ev = await bob.next_event("msg")
         self.assertEqual(ev["cmid"], ID_ALPHABET[:64])
@@ -360,13 +360,13 @@ class OrderingTest(MessagingTestCase):
                          "seqs are assigned once and gapless")
         for name, c in [("a1", a1), ("a2", a2), ("b1", b1), ("b2", b2)]:
             with self.subTest(observer=name):
-                evs = await c.events("msg", total, timeout=30)
+                evs = await c.collect("msg", total, timeout=30)
                 self.assertEqual([e["seq"] for e in evs], list(range(1, total + 1)),
                                  "every member sees every seq once, in order")
                 self.assertEqual([e["inbox"] for e in evs], list(range(1, total + 1)))
                 for e in evs:
                     self.assertEqual(seq_of[e["cmid"]], e["seq"], e)
-                await c.expect_no_event("msg", wait=0.2)
+                await c.no_event("msg", within=0.2)
         hist = await a1.ok("history", conv="d:alice:bob", limit=200)
         self.assertEqual([m["seq"] for m in hist["msgs"]], list(range(total - 199, total + 1)))
         ts = [m["ts"] for m in hist["msgs"]]
@@ -393,7 +393,7 @@ class OrderingTest(MessagingTestCase):
             expected = sum(1 for a, b, _ in answers if u in (a, b))
             observers = [clients[u]] + ([extra] if u == "alice" else [])
             for c in observers:
-                evs = await c.events("msg", expected, timeout=30)
+                evs = await c.collect("msg", expected, timeout=30)
                 self.assertEqual([e["inbox"] for e in evs], list(range(1, expected + 1)),
                                  f"{u}: live inbox numbers")
                 last = {}
@@ -402,7 +402,7 @@ class OrderingTest(MessagingTestCase):
                     self.assertEqual(e["seq"], last.get(e["conv"], 0) + 1,
                                      f"{u}: conv {e['conv']} order in the inbox")
                     last[e["conv"]] = e["seq"]
-                await c.expect_no_event("msg", wait=0.1)
+                await c.no_event("msg", within=0.1)
             synced, inbox_seq = await clients[u].sync_all(since=0)
             self.assertEqual(inbox_seq, expected)
             self.assertEqual([e["inbox"] for e in synced], list(range(1, expected + 1)))
@@ -430,7 +430,7 @@ class SyncAckTest(MessagingTestCase):
         self.assertEqual([e["inbox"] for e in got], [1, 2, 3, 4, 5])
         # A live event may precede the sync answer that also holds it (the client skips it
         # by its inbox number); nothing beyond inbox 5 may come.
-        await bob.expect_no_event("msg", wait=0.3, pred=lambda e: e["inbox"] > 5)
+        await bob.no_event("msg", within=0.3, match=lambda e: e["inbox"] > 5)
         resp = await bob.ok("sync", since=0)
         self.assertEqual((resp["inbox_seq"], resp["more"]), (5, False))
         for label, evs in [("sync+live", got), ("sync", resp["events"])]:
@@ -608,7 +608,7 @@ class ClientAlgorithmTest(MessagingTestCase):
         self.assertEqual(resp["events"], [], "nothing twice")
         self.assertEqual([c for _, c in applied], sent, "every message applied once, in order")
         self.assertEqual([i for i, _ in applied], list(range(1, len(sent) + 1)))
-        await bob.expect_no_event("msg", wait=0.3)
+        await bob.no_event("msg", within=0.3)
 
 
 class HistoryTest(MessagingTestCase):
@@ -708,13 +708,13 @@ class ReadReceiptTest(MessagingTestCase):
                 self.assertIsInstance(ev["ts"], int)
                 self.assertGreaterEqual(ev["ts"], before - 2000)
                 self.assertNotIn("id", ev)
-        await b1.expect_no_event("receipt", wait=0.5)
-        await carol.expect_no_event("receipt", wait=0.1)
+        await b1.no_event("receipt", within=0.5)
+        await carol.no_event("receipt", within=0.1)
         # Lower: ignored, no event.
         r = await b1.request("read", conv="d:alice:bob", seq=1)
         self.assertEqual(r["op"], "ok", r)
         for c in (a1, a2, b2, b1):
-            await c.expect_no_event("receipt", wait=0.3)
+            await c.no_event("receipt", within=0.3)
         convs = await b1.ok("convs")
         self.assertEqual(convs["convs"][0]["read_seq"], 2)
         # Past the last message: clamped.
@@ -722,7 +722,7 @@ class ReadReceiptTest(MessagingTestCase):
         for c in (a1, a2, b1):
             ev = await c.next_event("receipt")
             self.assertEqual((ev["user"], ev["seq"]), ("bob", 3))
-        await b2.expect_no_event("receipt", wait=0.3)
+        await b2.no_event("receipt", within=0.3)
         convs = await b2.ok("convs")
         self.assertEqual(convs["convs"][0]["read_seq"], 3)
         # The other side's read position is its own.
@@ -740,7 +740,7 @@ class ReadReceiptTest(MessagingTestCase):
         self.assertEqual(err["code"], "forbidden")
         self.assertNotIn("id", err)
         for c in (a1, a2, b1, b2):
-            await c.expect_no_event("receipt", wait=0.2)
+            await c.no_event("receipt", within=0.2)
 
 
 class ConvsTest(MessagingTestCase):
@@ -790,7 +790,7 @@ class ConvsTest(MessagingTestCase):
             futs.append(await c.request_nowait("send", to=f"u{i:03d}", cmid=f"dl-{i}", body="x"))
         answers = await asyncio.wait_for(asyncio.gather(*futs), 60)
         self.assertTrue(all(a["op"] == "ok" for a in answers), answers)
-        await a1.events("msg", 105, timeout=30)  # alice's inbox has them all
+        await a1.collect("msg", 105, timeout=30)  # alice's inbox has them all
         resp = await a1.ok("convs")
         self.assertEqual(len(resp["convs"]), 100)
         resp = await a1.ok("convs", limit=1000)
@@ -811,15 +811,15 @@ class TypingTest(MessagingTestCase):
         for c in (b1, b2):
             ev = await c.next_event("typing")
             self.assert_fields(ev, {"op": "typing", "conv": "d:alice:bob", "from": "alice"})
-        await a2.expect_no_event("typing", wait=0.5)
-        await a1.expect_no_event("typing", wait=0.1)
-        await carol.expect_no_event("typing", wait=0.1)
+        await a2.no_event("typing", within=0.5)
+        await a1.no_event("typing", within=0.1)
+        await carol.no_event("typing", within=0.1)
         r = await b2.request("typing", to="alice")
         self.assertEqual(r["op"], "ok", r)
         for c in (a1, a2):
             ev = await c.next_event("typing")
             self.assert_fields(ev, {"op": "typing", "conv": "d:alice:bob", "from": "bob"})
-        await b1.expect_no_event("typing", wait=0.5)
+        await b1.no_event("typing", within=0.5)
         # Not stored: no inbox entry, no conversation.
         for c in (a1, b1):
             resp = await c.ok("sync", since=0)
@@ -845,9 +845,9 @@ class RateLimitTest(MessagingTestCase):
         for a in answers[:5]:
             self.assertEqual(a["op"], "ok", answers)
         self.assert_error(answers[5], "rate_limited", "6th send with burst 5")
-        evs = await bob.events("msg", 5)
+        evs = await bob.collect("msg", 5)
         self.assertEqual([e["cmid"] for e in evs], [f"rl-{i}" for i in range(5)])
-        await bob.expect_no_event("msg", wait=0.5)
+        await bob.no_event("msg", within=0.5)
         self.assertFalse(alice.closed)
         # The limit is per connection: another connection of alice may send.
         other = await self.client(user="alice", device="other")
@@ -900,7 +900,7 @@ class RestartTest(MessagingTestCase):
                 for conv in ["d:alice:bob", "d:alice:carol", "d:alice:alice"]}
         for cl in (a, b, c):
             await cl.close()
-        self._clients.clear()
+        self.clients.clear()
 
         # SIGTERM -> exit 0, then start on the same data dir with another core count: the
         # logical shards land on other cores, and everything must still be found.
@@ -925,7 +925,7 @@ class RestartTest(MessagingTestCase):
         # Dedupe survived.
         again = await self.send_ok(a, "p-self", to="alice")
         self.assertEqual((again["dup"], again["seq"], again["ts"]), (True, dup_ok["seq"], dup_ok["ts"]))
-        await a.expect_no_event("msg", wait=0.3)
+        await a.no_event("msg", within=0.3)
         # New sends continue the numbering without gaps or repeats.
         ok = await self.send_ok(a, "p-new", to="bob")
         self.assertEqual((ok["conv"], ok["seq"], ok["dup"]), ("d:alice:bob", 11, False))
@@ -948,7 +948,7 @@ class RestartTest(MessagingTestCase):
         inbox = (await a.ok("sync", since=0))["events"]
         for cl in (a, b, c):
             await cl.close()
-        self._clients.clear()
+        self.clients.clear()
         self.server.threads = 1
         await self.restart_server()
         a = await self.client(user="alice", device="phone")
@@ -967,7 +967,7 @@ class MultiDeviceTest(MessagingTestCase):
         for i in range(5):
             await self.send_ok(bob, f"md-{i}", to="alice")
         for c in (d1, d2):
-            evs = await c.events("msg", 5)
+            evs = await c.collect("msg", 5)
             self.assertEqual([e["inbox"] for e in evs], [1, 2, 3, 4, 5])
         d3 = await self.client(user="alice", device="d3")
         self.assertEqual(d3.hello_ok["inbox_seq"], 5)

@@ -32,7 +32,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import parley_harness  # noqa: E402
+import harness  # noqa: E402
 
 from twisted.internet import reactor  # noqa: E402
 from autobahn.twisted.websocket import (  # noqa: E402
@@ -1042,12 +1042,12 @@ class TableSelfCheck(unittest.TestCase):
         self.assertEqual(per_group[10], 1)
 
 
-class ConformanceTest(parley_harness.ServerTestCase):
-    server_echo = True
+class ConformanceTest(harness.SharedServerTestCase):
     # Echoing a message queues it whole for sending: the outbound limit must hold the largest
     # echo (and then some), or the server rightly closes with 4008 (slow consumer).
-    server_args = ["--limits.max_message_bytes=%d" % MAX_MESSAGE_BYTES,
-                   "--limits.max_outbound_bytes=%d" % (4 * MAX_MESSAGE_BYTES)]
+    SERVER_KW = {"echo": True,
+                 "extra_args": ["--limits.max_message_bytes=%d" % MAX_MESSAGE_BYTES,
+                                "--limits.max_outbound_bytes=%d" % (4 * MAX_MESSAGE_BYTES)]}
     results = collections.OrderedDict()
 
     @classmethod
@@ -1113,6 +1113,6 @@ _install_case_methods()
 
 if __name__ == "__main__":
     try:
-        parley_harness.main(sort_key=_natural_key)
+        harness.main(sort_key=_natural_key)
     finally:
         stop_reactor()

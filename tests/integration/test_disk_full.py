@@ -19,7 +19,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from chat_harness import Server, ServerTestCase, dconv, main  # noqa: E402
+from harness import Server, ServerTestCase, dconv, main  # noqa: E402
 
 MOUNT_MB = 64
 MIN_FREE_MB = 8
@@ -51,12 +51,13 @@ class DiskFullTest(ServerTestCase):
         # Mounting must work for root; a failure here is a failure, not a skip.
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={MOUNT_MB}m", "tmpfs",
                         self.mount_dir], check=True, timeout=10)
-        self.server = Server(data_dir=os.path.join(self.mount_dir, "data"),
-                             extra_args=["--limits.rate_per_sec=100000",
-                                         "--limits.rate_burst=100000",
-                                         f"--storage.min_free_bytes={MIN_FREE_MB << 20}"])
-        self._clients = []
-        await asyncio.to_thread(self.server.start)
+        await super().asyncSetUp()
+
+    def make_server(self):
+        return Server(data_dir=os.path.join(self.mount_dir, "data"),
+                      extra_args=["--limits.rate_per_sec=100000",
+                                  "--limits.rate_burst=100000",
+                                  f"--storage.min_free_bytes={MIN_FREE_MB << 20}"])
 
     async def asyncTearDown(self):
         try:

@@ -15,7 +15,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import parley_harness  # noqa: E402
+import harness  # noqa: E402
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEADER_BYTES = 2048
@@ -50,7 +50,7 @@ class RawHttp:
     """A raw socket that reads HTTP/1.1 responses (Content-Length bodies only)."""
 
     def __init__(self, server, timeout=5.0):
-        self.sock = server.connect(timeout)
+        self.sock = server.raw_socket(timeout)
         self.buf = b""
 
     def send(self, data):
@@ -120,9 +120,9 @@ def accept_for(key):
     return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
 
 
-class HttpTest(parley_harness.ServerTestCase):
-    server_args = ["--limits.max_header_bytes=%d" % MAX_HEADER_BYTES,
-                   "--limits.handshake_timeout_ms=%d" % HANDSHAKE_TIMEOUT_MS]
+class HttpTest(harness.SharedServerTestCase):
+    SERVER_KW = {"extra_args": ["--limits.max_header_bytes=%d" % MAX_HEADER_BYTES,
+                                "--limits.handshake_timeout_ms=%d" % HANDSHAKE_TIMEOUT_MS]}
 
     def raw(self):
         c = RawHttp(self.server)
@@ -431,7 +431,7 @@ class VersionHelpTest(unittest.TestCase):
         import subprocess
         for flag in ("--version", "--help"):
             with self.subTest(flag=flag):
-                proc = subprocess.run([parley_harness.parley_bin(), flag], capture_output=True,
+                proc = subprocess.run([harness.parley_bin(), flag], capture_output=True,
                                       timeout=10)
                 self.assertEqual(proc.returncode, 0, proc)
                 self.assertTrue(proc.stdout.strip(), "%s printed nothing" % flag)
@@ -443,11 +443,10 @@ class StartupTest(unittest.TestCase):
         # SO_REUSEPORT group and take half of its new connections; it must refuse instead.
         import subprocess
         import tempfile
-        first = parley_harness.ParleyServer(name="parley[first-on-port]").start()
-        try:
+        with harness.Server(name="parley[first-on-port]") as first:
             with tempfile.TemporaryDirectory(prefix="parley-it-") as data:
                 proc = subprocess.run(
-                    [parley_harness.parley_bin(), "--listen", "127.0.0.1:%d" % first.port,
+                    [harness.parley_bin(), "--listen", "127.0.0.1:%d" % first.port,
                      "--data", data, "--threads", "2"],
                     capture_output=True, timeout=10)
             self.assertNotEqual(proc.returncode, 0, proc)
@@ -460,41 +459,36 @@ class StartupTest(unittest.TestCase):
                     self.assertEqual(c.read_response().status, 200)
                 finally:
                     c.close()
-        finally:
-            first.stop()
 
 
     def test_threads_are_named_for_operators(self):
         # top -H, ps -L and perf show which thread is which: a reactor per core, a store
         # writer per core and the log-sync thread (fsync durability is the default).
-        server = parley_harness.ParleyServer(name="parley[thread-names]", threads=2).start()
-        try:
+        with harness.Server(name="parley[thread-names]", threads=2) as server:
             task_dir = "/proc/%d/task" % server.proc.pid
             names = sorted(open(os.path.join(task_dir, t, "comm")).read().strip()
                            for t in os.listdir(task_dir))
             for want in ("parley-core0", "parley-core1", "parley-store0", "parley-store1",
                          "parley-logsync"):
                 self.assertEqual(names.count(want), 1, (want, names))
-        finally:
-            server.stop()
 
 
 class ShutdownTest(unittest.TestCase):
     def test_sigint_exits_0(self):
         import signal
-        server = parley_harness.ParleyServer(name="parley[sigint]").start()
-        server.stop(sig=signal.SIGINT)
+        with harness.Server(name="parley[sigint]") as server:
+            server.stop(sig=signal.SIGINT)
 
     def test_sigterm_with_idle_http_connection_exits_0(self):
-        server = parley_harness.ParleyServer(name="parley[sigterm-idle-http]").start()
-        c = RawHttp(server)
-        try:
-            c.send("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
-            self.assertEqual(c.read_response().status, 200)
-            server.stop()  # the open keep-alive connection must not block the exit
-        finally:
-            c.close()
+        with harness.Server(name="parley[sigterm-idle-http]") as server:
+            c = RawHttp(server)
+            try:
+                c.send("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+                self.assertEqual(c.read_response().status, 200)
+                server.stop()  # the open keep-alive connection must not block the exit
+            finally:
+                c.close()
 
 
 if __name__ == "__main__":
-    parley_harness.main()
+    harness.main()

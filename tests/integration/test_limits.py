@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import websockets  # noqa: E402
 
-from chat_harness import Client, Server, ServerTestCase, dconv, main, parley_bin  # noqa: E402
+from harness import Client, Server, ServerTestCase, dconv, main, parley_bin  # noqa: E402
 
 
 async def try_connect(server):
@@ -46,14 +46,14 @@ async def close_and_connect_again(test, client):
     """Closes `client` and returns a new connection, which must be accepted once the close is
     processed (asynchronously, so within moments rather than at once)."""
     await client.close()
-    test._clients.remove(client)
+    test.clients.remove(client)
     for _ in range(50):
         again = await try_connect(test.server)
         if isinstance(again, Client):
             break
         await asyncio.sleep(0.05)
     test.assertIsInstance(again, Client, f"after a close: {again!r}")
-    test._clients.append(again)
+    test.clients.append(again)
     return again
 
 
@@ -75,7 +75,7 @@ class PerAddressLimitTest(ServerTestCase):
         again = await close_and_connect_again(self, clients[3])
         await again.hello(user="u9")
         await again.close()
-        self._clients.remove(again)
+        self.clients.remove(again)
         status, _, body = await asyncio.to_thread(self.server.http, "GET", "/metrics")
         self.assertEqual(status, 200)
         refused_total = sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
@@ -388,7 +388,7 @@ class OutboundBudgetTest(ServerTestCase):
         # The server keeps serving the others: alice and bob talk, r1 and r2 are still open
         # and get a new message after everything queued before it.
         await bob.ok("send", to="alice", cmid="b-after", body="still serving")
-        ev = await alice.next_event("msg", pred=lambda e: e["cmid"] == "b-after")
+        ev = await alice.next_event("msg", match=lambda e: e["cmid"] == "b-after")
         self.assertEqual(ev["body"], "still serving")
         for name in ("r1", "r2"):
             await alice.ok("send", to=name, cmid=f"{name}-after", body="after")
@@ -424,8 +424,8 @@ class LimitedServer(Server):
     """The server started under `prlimit --nofile`: the limit must be in place before the
     io_uring rings are created."""
 
-    def args(self):
-        return ["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"] + super().args()
+    def command(self):
+        return ["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"] + super().command()
 
 
 
@@ -445,12 +445,13 @@ class DescriptorExhaustionTest(ServerTestCase):
                                     "has_ubsan_vptr_check); covered by the Release run")
         if shutil.which("prlimit") is None:
             self.fail("prlimit (util-linux) is required for this test")
+        await super().asyncSetUp()
+
+    def make_server(self):
         # Two reactors: each refuses its own waiting clients through io_uring direct
         # descriptors, which need no free slot in the process's descriptor table (with a
         # spare descriptor instead, one core could lose the freed slot to the other's accept).
-        self.server = LimitedServer(threads=2)
-        self._clients = []
-        await asyncio.to_thread(self.server.start)
+        return LimitedServer(threads=2)
 
     def open_fds(self):
         return len(os.listdir(f"/proc/{self.server.proc.pid}/fd"))
@@ -466,7 +467,7 @@ class DescriptorExhaustionTest(ServerTestCase):
             r = await try_connect(self.server)
             if isinstance(r, Client):
                 held.append(r)
-                self._clients.append(r)
+                self.clients.append(r)
             else:
                 refusals.append(r)
         # `room` is measured from /proc and is off by the odd descriptor in use for a moment.
@@ -479,12 +480,12 @@ class DescriptorExhaustionTest(ServerTestCase):
         self.assertLessEqual(self.open_fds(), NOFILE)
         # The server still serves the connections it has.
         await alice.ok("send", to="bob", cmid="during", body="no descriptors left")
-        ev = await bob.next_event("msg", pred=lambda e: e["cmid"] == "during")
+        ev = await bob.next_event("msg", match=lambda e: e["cmid"] == "during")
         self.assertEqual(ev["body"], "no descriptors left")
         # Descriptors come back: close what we hold, then new connections work again.
         for c in held:
             await c.close()
-            self._clients.remove(c)
+            self.clients.remove(c)
         ok = None
         for _ in range(60):
             r = await try_connect(self.server)
@@ -493,10 +494,10 @@ class DescriptorExhaustionTest(ServerTestCase):
                 break
             await asyncio.sleep(0.1)
         self.assertIsNotNone(ok, "no connection accepted after descriptors were freed")
-        self._clients.append(ok)
+        self.clients.append(ok)
         await ok.hello(user="carol")
         await ok.ok("send", to="alice", cmid="after", body="back")
-        ev = await alice.next_event("msg", pred=lambda e: e["cmid"] == "after")
+        ev = await alice.next_event("msg", match=lambda e: e["cmid"] == "after")
         self.assertEqual(ev["body"], "back")
 
 

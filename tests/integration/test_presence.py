@@ -9,7 +9,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pg_harness import ServerTestCase, SilentClient, main, wall_ms  # noqa: E402
+from harness import ServerTestCase, main, wall_ms  # noqa: E402
 
 SLACK_MS = 2000  # "approximately": last_seen against the test's reading of the same clock
 CHANGE_WITHIN = 1.0  # a change reaches watchers within a second
@@ -87,7 +87,7 @@ class PresenceTest(PresenceCase):
         self.assertNear(before["last_seen"], gone - 1000, gone, "last_seen after the close")
         await w.close()
         self.clients.clear()
-        await asyncio.to_thread(self.server.restart)
+        await self.restart_server()
         w = await self.client("watcher")
         ans = await w.ok("watch", users=["bob", "ghost"])
         self.assertEntry(ans["presence"][0], "bob", "offline", last_seen=before["last_seen"])
@@ -103,7 +103,7 @@ class PresenceTest(PresenceCase):
         self.assertGreater(ev["last_seen"], before["last_seen"])
         await w.close()
         self.clients.clear()
-        await asyncio.to_thread(self.server.restart)
+        await self.restart_server()
         self.assertEntry(await self.snapshot("bob"), "bob", "offline", last_seen=ev["last_seen"])
 
     async def test_last_seen_is_stored_within_seconds_and_survives_a_crash(self):
@@ -119,8 +119,7 @@ class PresenceTest(PresenceCase):
         bob_seen = ans["presence"][0]["last_seen"]
         self.assertNear(bob_seen, t0, gone, "bob's last_seen after the close")
         await asyncio.sleep(2.0)
-        self.server.proc.kill()
-        self.server.proc.wait()
+        self.server.kill()
         await asyncio.gather(carol.close(), w.close(), return_exceptions=True)
         self.clients.clear()
         await asyncio.to_thread(self.server.start)
@@ -240,9 +239,7 @@ class PresenceTest(PresenceCase):
     async def test_an_abrupt_disconnect_is_offline_within_a_second(self):
         w = await self.client("watcher")
         await w.ok("watch", users=["carol"])
-        raw = SilentClient(self.server.port)
-        self.silent.append(raw)
-        await raw.connect_and_hello("carol")
+        raw = await self.silent_client("carol")
         await w.next_event("presence", match=lambda e: e.get("status") == "online")
         t0 = wall_ms()
         start = time.monotonic()
@@ -255,9 +252,7 @@ class PresenceTest(PresenceCase):
         # the connection is closed as far as the user is concerned.
         w = await self.client("watcher")
         await w.ok("watch", users=["carol"])
-        raw = SilentClient(self.server.port)
-        self.silent.append(raw)
-        await raw.connect_and_hello("carol")
+        raw = await self.silent_client("carol")
         await w.next_event("presence", match=lambda e: e.get("status") == "online")
         start = time.monotonic()
         raw.send_close(1000)
@@ -401,22 +396,20 @@ class PresenceStressTest(PresenceCase):
         final = "busy" if toggles % 2 else "online"
         # watching from before the first change: one event per change, in order
         for u in targets:
-            evs = [e[0] for e in early.events if e[0].get("user") == u]
+            evs = [e for e in early.received() if e.get("user") == u]
             self.assertEqual([e["status"] for e in evs],
                              ["busy" if i % 2 == 0 else "online" for i in range(toggles)],
                              f"early watcher, {u}")
         # watching midway: the snapshot, then the events after it, end in the final state
         for w, ans in late_watchers:
-            ok_at = w.answer_rx[ans["id"]]
             view = {p["user"]: p["status"] for p in ans["presence"]}
-            for ev in w.events:
-                if ev[3] > ok_at and ev[0].get("op") == "presence":
-                    view[ev[0]["user"]] = ev[0]["status"]
+            for ev in w.received("presence", after=ans["id"]):
+                view[ev["user"]] = ev["status"]
             self.assertEqual(view, {u: final for u in targets}, f"{w.name}: final view")
 
 
 class MaxWatchTest(PresenceCase):
-    server_args = ["--limits.max_watch=3"]
+    SERVER_KW = {"extra_args": ["--limits.max_watch=3"]}
 
     async def test_watching_beyond_max_watch_is_too_large(self):
         w = await self.client("watcher")
@@ -461,14 +454,12 @@ class MaxWatchTest(PresenceCase):
 
 class HeartbeatTest(PresenceCase):
     HEARTBEAT_MS = 300
-    server_args = [f"--limits.heartbeat_ms={HEARTBEAT_MS}"]
+    SERVER_KW = {"extra_args": [f"--limits.heartbeat_ms={HEARTBEAT_MS}"]}
 
     async def test_heartbeat_timeout_makes_the_user_offline(self):
         w = await self.client("watcher")
         await w.ok("watch", users=["carol"])
-        silent = SilentClient(self.server.port)
-        self.silent.append(silent)
-        await silent.connect_and_hello("carol")
+        silent = await self.silent_client("carol")
         last_frame = time.monotonic()  # the hello was the last frame carol sent
         ev = await w.next_event("presence", match=lambda e: e.get("user") == "carol")
         self.assertEvent(ev, "carol", "online")

@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from chat_harness import ServerTestCase, dconv, main  # noqa: E402
+from harness import ServerTestCase, dconv, main  # noqa: E402
 
 CAROL_SHARD = "shard-36"
 
@@ -41,9 +41,9 @@ class StorageDamageTest(ServerTestCase):
         await self.client(user="bob")
         await alice.ok("send", to="carol", cmid="before", body="stored before the damage")
         await asyncio.to_thread(self.server.stop)
-        for c in self._clients:
+        for c in self.clients:
             await c.close()
-        self._clients.clear()
+        self.clients.clear()
 
         malformed_key = b"I" + b"carol" + b"\x00" + b"\x00\x07"
         ldb_put(os.path.join(self.server.data_dir, "db"), CAROL_SHARD, malformed_key.hex(), "00")

@@ -11,14 +11,13 @@ import os
 import signal
 import sys
 import time
-import unittest
 
 import websockets
 from websockets.exceptions import ConnectionClosed
 from websockets.legacy.client import WebSocketClientProtocol
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import parley_harness  # noqa: E402
+import harness  # noqa: E402
 
 MAX_MESSAGE_BYTES = 8192
 OP_TEXT, OP_BINARY, OP_CONT, OP_PING = 0x1, 0x2, 0x0, 0x9
@@ -76,7 +75,7 @@ class SilentProtocol(PingRecordingProtocol):
         return None
 
 
-class WsTestBase(parley_harness.ServerTestCase):
+class WsTestBase(harness.SharedServerTestCase):
     def connect(self, path="/ws", **kwargs):
         kwargs.setdefault("ping_interval", None)
         kwargs.setdefault("open_timeout", 10)
@@ -90,7 +89,7 @@ class WsTestBase(parley_harness.ServerTestCase):
 
 
 class WsProtocolTest(WsTestBase):
-    server_args = ["--limits.max_message_bytes=%d" % MAX_MESSAGE_BYTES]
+    SERVER_KW = {"extra_args": ["--limits.max_message_bytes=%d" % MAX_MESSAGE_BYTES]}
 
     # ---- subprotocol ----
 
@@ -409,7 +408,7 @@ HEARTBEAT_MS = 400
 
 
 class WsHeartbeatTest(WsTestBase):
-    server_args = ["--limits.heartbeat_ms=%d" % HEARTBEAT_MS]
+    SERVER_KW = {"extra_args": ["--limits.heartbeat_ms=%d" % HEARTBEAT_MS]}
 
     def test_hello_reports_configured_heartbeat(self):
         async def go():
@@ -482,8 +481,9 @@ class WsHeartbeatTest(WsTestBase):
 class WsShutdownTest(WsTestBase):
     def setUp(self):
         # A server of its own: this test stops it.
-        self.server = parley_harness.ParleyServer(name="parley[shutdown]").start()
-        self.addCleanup(lambda: self.server.proc and self.server.stop(check=False))
+        self.server = harness.Server(name="parley[shutdown]")
+        self.addCleanup(self.server.cleanup)
+        self.server.start()
 
     @classmethod
     def setUpClass(cls):
@@ -518,4 +518,4 @@ class WsShutdownTest(WsTestBase):
         self.check_stop_signal(signal.SIGINT)
 
 if __name__ == "__main__":
-    parley_harness.main()
+    harness.main()
