@@ -67,23 +67,17 @@ void ShardWriter::ReportFailure(uint64_t generation, bool sync) {
 void ShardWriter::Poll() {
   while (std::optional<std::unique_ptr<Job>> popped = from_thread_.TryPop()) {
     std::unique_ptr<Job> job = std::move(*popped);
-    if (!job->status.ok()) ReportFailure(job->generation, /*sync=*/false);
     Waiting w = std::move(awaiting_write_.front());
     awaiting_write_.pop_front();
     --in_flight_;
-    w.status = std::move(job->status);
-    w.ticket = job->ticket;
-    w.final = !w.status.ok() || w.ticket == 0;
+    Written result{std::move(job->status), job->ticket};
     job->status = absl::OkStatus();
     job->ticket = 0;
     if (free_jobs_.size() < kMaxFreeJobs && job->batch.raw() != nullptr &&
         job->batch.raw()->Data().capacity() <= kMaxReusedCapacity) {
       free_jobs_.push_back(std::move(job));
     }
-    std::vector<Callback> written = std::move(w.written);
-    const absl::Status status = w.status;
-    awaiting_sync_.push_back(std::move(w));
-    for (Callback& cb : written) cb(status);
+    ReportWritten(std::move(w), std::move(result));
   }
   if (syncer_ != nullptr && !awaiting_sync_.empty()) {
     // completed() before failures(): a failure is recorded before its tickets complete.
@@ -128,35 +122,47 @@ void ShardWriter::RunCommitted() {
   }
 }
 
-bool ShardWriter::WriteCurrentInline() {
-  if (inline_max_bytes_ == 0 || current_.ByteSize() > inline_max_bytes_) return false;
-  // Without a syncer a commit is a whole Store::Write: only unsynced storage can be written
-  // here (fsync never runs on the calling thread).
-  if (syncer_ == nullptr && !write_ && store_.options().sync) return false;
-  if (before_seal_ && !current_sealed_) before_seal_(current_);
-  current_sealed_ = true;  // if declined, SubmitCurrent must not call the hook again
+std::optional<ShardWriter::Written> ShardWriter::Commit(
+    Batch& batch, bool inline_write, absl::FunctionRef<std::optional<absl::Status>(Batch&)> write) {
+  Written result;
+  if (batch.empty()) {
+    // Callbacks without operations: durable once everything written so far is.
+    if (syncer_ != nullptr) result.ticket = syncer_->last_ticket();
+    return result;
+  }
   const int64_t start_us = MonoMicros();
-  std::optional<absl::Status> result = absl::OkStatus();
-  if (!current_.empty()) {
-    result = write_ ? std::optional<absl::Status>(write_(current_))
-                    : store_.WriteUnsyncedIfQuick(current_);
-  }
-  if (!result.has_value()) return false;  // declined: it would have to wait
-  absl::Status status = *std::move(result);
-  uint64_t ticket = 0;
-  if (!current_.empty()) {
-    stats_.commits.fetch_add(1, std::memory_order_relaxed);
-    stats_.inline_commits.fetch_add(1, std::memory_order_relaxed);
-    stats_.bytes.fetch_add(current_.ByteSize(), std::memory_order_relaxed);
-    stats_.latency.RecordSince(start_us);
-    if (status.ok() && syncer_ != nullptr) ticket = syncer_->NoteWritten();
+  std::optional<absl::Status> status = write(batch);
+  if (!status.has_value()) return std::nullopt;
+  result.status = *std::move(status);
+  stats_.commits.fetch_add(1, std::memory_order_relaxed);
+  if (inline_write) stats_.inline_commits.fetch_add(1, std::memory_order_relaxed);
+  stats_.bytes.fetch_add(batch.ByteSize(), std::memory_order_relaxed);
+  stats_.latency.RecordSince(start_us);
+  if (!result.status.ok()) {
+    stats_.failures.fetch_add(1, std::memory_order_relaxed);
   } else if (syncer_ != nullptr) {
-    // Callbacks without operations: "durable" once everything written so far is.
-    ticket = syncer_->last_ticket();
+    result.ticket = syncer_->NoteWritten();
   }
-  stats_.batches.fetch_add(1, std::memory_order_relaxed);
-  current_.Clear();
-  current_sealed_ = false;
+  return result;
+}
+
+void ShardWriter::ReportWritten(Waiting w, Written result) {
+  if (!result.status.ok()) ReportFailure(w.generation, /*sync=*/false);
+  w.status = std::move(result.status);
+  w.ticket = result.ticket;
+  w.final = !w.status.ok() || w.ticket == 0;
+  std::vector<Callback> written = std::move(w.written);
+  const absl::Status status = w.status;
+  awaiting_sync_.push_back(std::move(w));
+  for (Callback& cb : written) cb(status);
+}
+
+void ShardWriter::Seal() {
+  if (before_seal_ && !current_sealed_) before_seal_(current_);
+  current_sealed_ = true;
+}
+
+ShardWriter::Waiting ShardWriter::TakeCurrentCallbacks() {
   Waiting w;
   w.id = ++next_id_;
   w.generation = generation_;
@@ -164,21 +170,30 @@ bool ShardWriter::WriteCurrentInline() {
   w.committed = std::move(current_callbacks_);
   current_written_.clear();
   current_callbacks_.clear();
-  if (!status.ok()) {
-    stats_.failures.fetch_add(1, std::memory_order_relaxed);
-    ReportFailure(w.generation, /*sync=*/false);  // current_ is empty: just a new generation
-  }
-  w.status = status;
-  w.ticket = ticket;
-  w.final = !status.ok() || ticket == 0;
-  std::vector<Callback> written = std::move(w.written);
-  awaiting_sync_.push_back(std::move(w));
-  for (Callback& cb : written) cb(status);
+  return w;
+}
+
+bool ShardWriter::WriteCurrentInline() {
+  if (inline_max_bytes_ == 0 || current_.ByteSize() > inline_max_bytes_) return false;
+  // Without a syncer a commit is a whole Store::Write: only unsynced storage can be written
+  // here (fsync never runs on the calling thread).
+  if (syncer_ == nullptr && !write_ && store_.options().sync) return false;
+  Seal();  // stays sealed if the store declines: SubmitCurrent must not run the hook again
+  std::optional<Written> result =
+      Commit(current_, /*inline_write=*/true, [&](Batch& batch) -> std::optional<absl::Status> {
+        if (write_) return write_(batch);
+        return store_.WriteUnsyncedIfQuick(batch);
+      });
+  if (!result.has_value()) return false;  // nothing written: it would have had to wait
+  stats_.batches.fetch_add(1, std::memory_order_relaxed);
+  current_.Clear();
+  current_sealed_ = false;
+  ReportWritten(TakeCurrentCallbacks(), *std::move(result));
   return true;
 }
 
 void ShardWriter::SubmitCurrent() {
-  if (before_seal_ && !current_sealed_) before_seal_(current_);
+  Seal();
   current_sealed_ = false;
   std::unique_ptr<Job> job;
   if (free_jobs_.empty()) {
@@ -190,15 +205,9 @@ void ShardWriter::SubmitCurrent() {
   }
   // current_ takes the job's empty (possibly already grown) buffer.
   std::swap(job->batch, current_);
-  job->id = ++next_id_;
-  job->generation = generation_;
-  Waiting w;
-  w.id = job->id;
-  w.generation = job->generation;
-  w.written = std::move(current_written_);
-  w.committed = std::move(current_callbacks_);
-  current_written_.clear();
-  current_callbacks_.clear();
+  Waiting w = TakeCurrentCallbacks();
+  job->id = w.id;
+  job->generation = w.generation;
   awaiting_write_.push_back(std::move(w));
   ++in_flight_;
   backlog_.push_back(std::move(job));
@@ -263,27 +272,19 @@ void ShardWriter::ThreadMain() {
           merged.Append(jobs[end]->batch);
           ++end;
         }
-        if (!merged.empty()) {
-          const int64_t start_us = MonoMicros();
-          if (syncer_ != nullptr) {
-            status = write_ ? write_(merged) : store_.WriteUnsynced(merged);
-            if (status.ok()) ticket = syncer_->NoteWritten();
-          } else {
-            status = write_ ? write_(merged) : store_.Write(merged);
-          }
-          stats_.commits.fetch_add(1, std::memory_order_relaxed);
-          stats_.bytes.fetch_add(merged.ByteSize(), std::memory_order_relaxed);
-          stats_.latency.RecordSince(start_us);
-          if (!status.ok()) {
-            stats_.failures.fetch_add(1, std::memory_order_relaxed);
-            failed = true;
-            failed_generation = generation;
-            failed_status = status;
-          }
-        } else if (syncer_ != nullptr) {
-          // Callbacks without operations: "durable" once everything written so far is.
-          ticket = syncer_->last_ticket();
+        // The thread's writes are never declined: it is the place to wait.
+        Written result = *Commit(
+            merged, /*inline_write=*/false, [&](Batch& batch) -> std::optional<absl::Status> {
+              if (write_) return write_(batch);
+              return syncer_ != nullptr ? store_.WriteUnsynced(batch) : store_.Write(batch);
+            });
+        if (!result.status.ok()) {
+          failed = true;
+          failed_generation = generation;
+          failed_status = result.status;
         }
+        status = std::move(result.status);
+        ticket = result.ticket;
       }
       stats_.batches.fetch_add(end - i, std::memory_order_relaxed);
       for (size_t k = i; k < end; ++k) {

@@ -48,11 +48,13 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <thread>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "parley/net/spsc_queue.h"
 #include "parley/store/log_syncer.h"
@@ -133,8 +135,24 @@ class ShardWriter {
     bool final = false;  // status below is known (no sync to wait for)
     absl::Status status;
   };
+  // The outcome of a commit's write, and the sync ticket that makes it durable (0: nothing
+  // to wait for).
+  struct Written {
+    absl::Status status;
+    uint64_t ticket = 0;
+  };
   // Reactor side: the first report of a failure (of a write, or of a sync).
   void ReportFailure(uint64_t generation, bool sync);
+  // Either thread: writes one commit with `write` and does the bookkeeping the writer thread
+  // and inline writes share (figures, the ticket). An empty batch writes nothing and is
+  // durable once everything written before it is. nullopt: `write` declined, nothing written.
+  std::optional<Written> Commit(Batch& batch, bool inline_write,
+                                absl::FunctionRef<std::optional<absl::Status>(Batch&)> write);
+  // Reactor side: a job is written (by the thread or inline); runs its OnWritten callbacks
+  // and queues it for its OnCommit callbacks.
+  void ReportWritten(Waiting w, Written result);
+  void Seal();                     // runs the BeforeSeal hook once per sealed current_
+  Waiting TakeCurrentCallbacks();  // current_'s callbacks, as a job with the next id
   void ThreadMain();
   void SubmitCurrent();  // seals current_ and its callbacks into a job of generation_
   // With nothing in flight: seals and writes current_ on this thread and reports it written;
