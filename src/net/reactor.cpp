@@ -281,7 +281,7 @@ void Reactor::Run() {
         // A refusal's accept still waiting (its client went away before it was taken): the
         // normal accept takes over, with descriptors perhaps available again.
         io_uring_sqe* sqe = GetSqe();
-        io_uring_prep_cancel64(sqe, kShedAccepted | kTagShed, 0);
+        io_uring_prep_cancel64(sqe, kTagShed, 0);
         io_uring_sqe_set_data64(sqe, kTagIgnore);
         shed_budget_ = 0;
       }
@@ -381,7 +381,7 @@ void Reactor::HandleCqe(const io_uring_cqe* cqe) {
       if ((data & ~kTagMask) != 0) ArmEventfdRead();
       break;
     case kTagShed:
-      if ((data & ~kTagMask) == kShedAccepted) OnShedAccepted(cqe->res);
+      OnShedAccepted(cqe->res);
       break;
     default:
       break;
@@ -492,7 +492,7 @@ void Reactor::ShedNextDirect() {
   // Direct descriptors cannot be close-on-exec (they are not in the process's table at all).
   // liburing encodes the index plus one: ALLOC - 1 asks the kernel for any free slot.
   io_uring_prep_accept_direct(sqe, listen_fd_, nullptr, nullptr, 0, IORING_FILE_INDEX_ALLOC - 1);
-  io_uring_sqe_set_data64(sqe, kShedAccepted | kTagShed);
+  io_uring_sqe_set_data64(sqe, kTagShed);
   shed_accept_pending_ = true;
 }
 

@@ -252,9 +252,8 @@ class Reactor {
     kTagTimer = 4,
     kTagWake = 5,
     kTagIgnore = 6,
-    kTagShed = 7,  // a direct-descriptor refusal's accept: kShedAccepted above the tag
+    kTagShed = 7,  // a direct-descriptor refusal's accept (at most one pending; no payload)
   };
-  static constexpr uint64_t kShedAccepted = 1 << 3;
   // Direct descriptors for refusals: at most this many refused sockets in flight at once.
   static constexpr unsigned kShedSlots = 64;
   static constexpr uint64_t kTagMask = 7;
