@@ -79,7 +79,8 @@ absl::StatusOr<store::UserConvRecord*> EngineShard::LoadUserConv(UserState& u,
 }
 
 void EngineShard::NoteUserConvChanged(const UserState& u, const std::string& conv) {
-  user_convs_changed_.emplace(u.id, conv);
+  if (!user_convs_changed_.contains(UserConvView(u.id, conv)))
+    user_convs_changed_.emplace(u.id, conv);
 }
 
 void EngineShard::WriteChangedUserConvs(store::Batch& batch) {

@@ -39,6 +39,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "parley/chat/presence_table.h"
 #include "parley/chat/router.h"
@@ -291,7 +292,19 @@ class EngineShard {
   absl::flat_hash_map<std::string, std::unique_ptr<UserState>> users_;
   // (user, conv) records changed since the current batch began; see NoteUserConvChanged. A
   // noted user stays loaded until the batch is sealed (its `pending` covers the batch).
-  absl::flat_hash_set<std::pair<std::string, std::string>> user_convs_changed_;
+  // Looked up by views, so noting a pair already noted (most appends of a busy batch) copies
+  // nothing.
+  using UserConvView = std::pair<std::string_view, std::string_view>;
+  struct UserConvHash {
+    using is_transparent = void;
+    size_t operator()(UserConvView k) const { return absl::Hash<UserConvView>{}(k); }
+  };
+  struct UserConvEq {
+    using is_transparent = void;
+    bool operator()(UserConvView a, UserConvView b) const { return a == b; }
+  };
+  absl::flat_hash_set<std::pair<std::string, std::string>, UserConvHash, UserConvEq>
+      user_convs_changed_;
   absl::flat_hash_map<std::string, std::unique_ptr<ConvState>> convs_;
   absl::flat_hash_map<std::string, PendingCmid> pending_cmids_;  // key: from + '\0' + cmid
   Stats stats_;
