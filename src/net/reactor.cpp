@@ -588,6 +588,7 @@ void Reactor::FinishDetach(Connection* conn) {
   detaching_.erase(it);
   DetachedSocket socket;
   socket.fd = conn->fd_;
+  socket.peer = conn->peer_;
   socket.input = std::move(conn->in_);
   socket.output = std::move(conn->out_);
   SetAccounted(conn, 0);  // the output is the adopting reactor's now
@@ -604,7 +605,7 @@ void Reactor::Adopt(DetachedSocket socket, const AcceptHandlerFactory& factory) 
     ::close(socket.fd);
     return;
   }
-  Connection* conn = NewConnection(socket.fd, ReadPeer(socket.fd));
+  Connection* conn = NewConnection(socket.fd, socket.peer);
   conn->out_ = std::move(socket.output);
   conn->in_callback_ = true;
   conn->handler_ = factory(*conn);

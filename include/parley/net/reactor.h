@@ -168,6 +168,7 @@ struct ReactorFeatures {
 // yet sent. Nothing is lost or reordered in the hand-over.
 struct DetachedSocket {
   int fd = -1;
+  PeerKey peer{};  // read once, at accept
   std::string input;
   std::string output;
 };
