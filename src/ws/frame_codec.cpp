@@ -250,6 +250,48 @@ void AppendFrame(std::string* out, Opcode opcode, std::string_view payload, bool
   out->append(payload);
 }
 
+void AppendMaskedFrame(std::string* out, Opcode opcode, std::string_view payload,
+                       uint32_t mask_key) {
+  char header[kMaxServerHeader + 4];
+  size_t n = EncodeHeader(header, opcode, /*fin=*/true, payload.size());
+  header[1] = static_cast<char>(static_cast<uint8_t>(header[1]) | 0x80);
+  uint8_t key[4];
+  std::memcpy(key, &mask_key, 4);
+  std::memcpy(header + n, key, 4);
+  n += 4;
+  out->reserve(out->size() + n + payload.size());
+  out->append(header, n);
+  const size_t start = out->size();
+  out->append(payload);
+  ApplyMask(out->data() + start, payload.size(), key, 0);
+}
+
+bool ParseFrameHeader(std::string_view data, FrameHeader* out) {
+  if (data.size() < 2) return false;
+  const auto b0 = static_cast<uint8_t>(data[0]);
+  const auto b1 = static_cast<uint8_t>(data[1]);
+  FrameHeader h;
+  h.fin = b0 & 0x80;
+  h.rsv = static_cast<uint8_t>((b0 >> 4) & 0x07);
+  h.opcode = b0 & 0x0F;
+  h.masked = b1 & 0x80;
+  h.payload_len = b1 & 0x7F;
+  h.header_len = 2;
+  if (h.payload_len == 126) {
+    if (data.size() < 4) return false;
+    h.payload_len = LoadBe16(data.data() + 2);
+    h.header_len = 4;
+  } else if (h.payload_len == 127) {
+    if (data.size() < 10) return false;
+    h.payload_len = LoadBe64(data.data() + 2);
+    h.header_len = 10;
+  }
+  if (h.masked) h.header_len += 4;
+  if (data.size() < h.header_len) return false;
+  *out = h;
+  return true;
+}
+
 void AppendClose(std::string* out, uint16_t code, std::string_view reason) {
   if (code == 0 || code == close_code::kNoStatus || code == 1006 || code == 1015) {
     AppendFrame(out, Opcode::kClose, {});

@@ -1,7 +1,8 @@
 // Fuzzes the WebSocket frame decoder. Input: 2 bytes of max_message_bytes, 1 byte of split
 // seed, then the client byte stream. The stream is decoded as a connection would (appending
 // reads, dropping consumed bytes) once whole and once in pieces of input-derived sizes; both
-// runs must produce the same events, and every event must respect the protocol limits.
+// runs must produce the same events, and every event must respect the protocol limits. The
+// same bytes also go through ParseFrameHeader, the header reader of Parley's own clients.
 #include <cstdint>
 #include <cstdlib>
 #include <span>
@@ -145,5 +146,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const RunResult whole = Run(stream, max_message, stop_every, seed, true);
   const RunResult pieces = Run(stream, max_message, stop_every, seed, false);
   Check(whole == pieces);
+
+  // The clients' header reader: a header is complete exactly at header_len, never earlier.
+  FrameHeader h;
+  if (ParseFrameHeader(stream, &h)) {
+    Check(h.header_len <= stream.size());
+    const auto len7 = static_cast<uint8_t>(stream[1] & 0x7F);
+    Check(h.header_len - (h.masked ? 4u : 0u) == (len7 == 126 ? 4u : len7 == 127 ? 10u : 2u));
+    if (len7 < 126) Check(h.payload_len == len7);
+    Check(h.masked == ((static_cast<uint8_t>(stream[1]) & 0x80) != 0));
+    for (size_t cut = 0; cut < h.header_len; ++cut) {
+      FrameHeader partial;
+      Check(!ParseFrameHeader(stream.substr(0, cut), &partial));
+    }
+  }
   return 0;
 }

@@ -487,6 +487,60 @@ TEST_CASE("length encodings: 7, 16 and 64 bits, encoder and decoder", "[ws][code
   CHECK(std::string(h, 2) == "\x8a\x7d");
 }
 
+TEST_CASE("client side: AppendMaskedFrame is what the server decoder reads back", "[ws][codec]") {
+  for (size_t n : {0, 1, 125, 126, 65535, 65536, 70000}) {
+    INFO("length " << n);
+    std::string payload(n, 'x');
+    for (size_t i = 0; i < n; ++i) payload[i] = static_cast<char>('a' + i % 26);
+    std::string out;
+    AppendMaskedFrame(&out, Opcode::kText, payload, 0x9E3779B9u + static_cast<uint32_t>(n));
+    // The library's masked frame is byte for byte a test-side frame with the same key...
+    const size_t header = n < 126 ? 2 : n <= 65535 ? 4 : 10;
+    REQUIRE(out.size() == header + 4 + n);
+    CHECK((static_cast<uint8_t>(out[1]) & 0x80) != 0);
+    if (n > 0) CHECK(out.substr(header + 4) != payload);  // masked on the wire
+    // ...and the server's decoder, which insists on masking, gets the payload back.
+    CHECK(RunWhole(out, 1 << 20) == std::vector<std::string>{"text:" + payload, "rest:0"});
+  }
+  std::string ping;
+  AppendMaskedFrame(&ping, Opcode::kPing, "hi", 0);  // key 0: the payload goes out as is
+  CHECK(ping == std::string("\x89\x82\x00\x00\x00\x00hi", 8));
+}
+
+TEST_CASE("client side: ParseFrameHeader reads every length form and waits for the rest",
+          "[ws][codec]") {
+  for (size_t n : {0, 125, 126, 65535, 65536}) {
+    INFO("length " << n);
+    std::string server;
+    AppendFrame(&server, Opcode::kBinary, std::string(n, 'y'), /*fin=*/false);
+    const size_t header = n < 126 ? 2 : n <= 65535 ? 4 : 10;
+    FrameHeader h;
+    for (size_t cut = 0; cut < header; ++cut) {
+      CHECK_FALSE(ParseFrameHeader(std::string_view(server).substr(0, cut), &h));
+    }
+    REQUIRE(ParseFrameHeader(std::string_view(server).substr(0, header), &h));
+    CHECK_FALSE(h.fin);
+    CHECK(h.opcode == kBinary);
+    CHECK_FALSE(h.masked);
+    CHECK(h.rsv == 0);
+    CHECK(h.payload_len == n);
+    CHECK(h.header_len == header);
+
+    std::string client;
+    AppendMaskedFrame(&client, Opcode::kText, std::string(n, 'z'), 7);
+    CHECK_FALSE(ParseFrameHeader(std::string_view(client).substr(0, header + 3), &h));
+    REQUIRE(ParseFrameHeader(client, &h));
+    CHECK(h.fin);
+    CHECK(h.masked);
+    CHECK(h.header_len == header + 4);
+    CHECK(h.payload_len == n);
+  }
+  FrameHeader h;
+  REQUIRE(ParseFrameHeader(std::string("\xF1\x7F\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF", 10), &h));
+  CHECK(h.rsv == 7);  // reported, not judged
+  CHECK(h.payload_len == UINT64_MAX);
+}
+
 TEST_CASE("AppendClose encodes the code and a reason cut at a character boundary", "[ws][codec]") {
   std::string out;
   AppendClose(&out, 1001, "going away");

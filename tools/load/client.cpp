@@ -84,31 +84,8 @@ void Conn::MarkDirty() {
 }
 
 void Conn::AppendFrame(uint8_t opcode, std::string_view payload) {
-  uint8_t hdr[14];
-  size_t n = 2;
-  const uint64_t len = payload.size();
-  hdr[0] = static_cast<uint8_t>(0x80 | opcode);
-  if (len < 126) {
-    hdr[1] = static_cast<uint8_t>(0x80 | len);
-  } else if (len <= 0xFFFF) {
-    hdr[1] = 0x80 | 126;
-    hdr[2] = static_cast<uint8_t>(len >> 8);
-    hdr[3] = static_cast<uint8_t>(len);
-    n = 4;
-  } else {
-    hdr[1] = 0x80 | 127;
-    for (int i = 0; i < 8; ++i) hdr[2 + i] = static_cast<uint8_t>(len >> (56 - 8 * i));
-    n = 10;
-  }
-  const uint32_t key32 = static_cast<uint32_t>(w_->rng_.Next());
-  uint8_t key[4];
-  std::memcpy(key, &key32, 4);
-  std::memcpy(hdr + n, key, 4);
-  n += 4;
-  out_.append(reinterpret_cast<const char*>(hdr), n);
-  const size_t pos = out_.size();
-  out_.append(payload);
-  ws::ApplyMask(out_.data() + pos, payload.size(), key, 0);
+  ws::AppendMaskedFrame(&out_, static_cast<ws::Opcode>(opcode), payload,
+                        static_cast<uint32_t>(w_->rng_.Next()));
   ++w_->stats_.frames_out;
   last_tx_ns_ = w_->now_ns_;
   MarkDirty();
@@ -185,37 +162,19 @@ size_t Conn::ParseUpgrade(char* data, size_t len) {
 size_t Conn::ParseFrames(char* data, size_t len) {
   size_t pos = 0;
   while (state_ == State::kOpen || state_ == State::kClosing) {
-    if (len - pos < 2) break;
-    const uint8_t b0 = static_cast<uint8_t>(data[pos]);
-    const uint8_t b1 = static_cast<uint8_t>(data[pos + 1]);
-    const bool fin = b0 & 0x80;
-    const uint8_t op = b0 & 0x0F;
-    if ((b0 & 0x70) != 0 || (b1 & 0x80) != 0) {  // RSV bits, or a masked server frame
+    ws::FrameHeader h;
+    if (!ws::ParseFrameHeader(std::string_view(data + pos, len - pos), &h)) break;
+    const bool fin = h.fin;
+    const uint8_t op = h.opcode;
+    if (h.rsv != 0 || h.masked || h.payload_len > kMaxFrame) {  // a server frame is unmasked
       ++w_->stats_.protocol_errors;
       Terminate("protocol", 0);
       return len;
     }
-    uint64_t plen = b1 & 0x7F;
-    size_t hdr = 2;
-    if (plen == 126) {
-      if (len - pos < 4) break;
-      plen = (static_cast<uint64_t>(static_cast<uint8_t>(data[pos + 2])) << 8) |
-             static_cast<uint8_t>(data[pos + 3]);
-      hdr = 4;
-    } else if (plen == 127) {
-      if (len - pos < 10) break;
-      plen = 0;
-      for (int i = 0; i < 8; ++i) plen = (plen << 8) | static_cast<uint8_t>(data[pos + 2 + i]);
-      hdr = 10;
-    }
-    if (plen > kMaxFrame) {
-      ++w_->stats_.protocol_errors;
-      Terminate("protocol", 0);
-      return len;
-    }
-    if (len - pos < hdr + plen) break;
-    std::string_view payload(data + pos + hdr, plen);
-    pos += hdr + plen;
+    const size_t plen = static_cast<size_t>(h.payload_len);
+    if (len - pos - h.header_len < plen) break;
+    std::string_view payload(data + pos + h.header_len, plen);
+    pos += h.header_len + plen;
     ++w_->stats_.frames_in;
     switch (op) {
       case 0x0:  // continuation

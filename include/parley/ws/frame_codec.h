@@ -108,4 +108,24 @@ void AppendFrame(std::string* out, Opcode opcode, std::string_view payload, bool
 // empty close payload, which is how a close that carried no code is echoed.
 void AppendClose(std::string* out, uint16_t code, std::string_view reason = {});
 
+// ---- The client side, for Parley's own clients (the load tool, the crash test) ----
+
+// Appends a whole masked client frame (FIN set) with the given masking key.
+void AppendMaskedFrame(std::string* out, Opcode opcode, std::string_view payload,
+                       uint32_t mask_key);
+
+// A frame header as read off the wire, before any rule is applied to it.
+struct FrameHeader {
+  bool fin = false;
+  uint8_t rsv = 0;  // the RSV1-3 bits, shifted down (0 unless an extension is negotiated)
+  uint8_t opcode = 0;
+  bool masked = false;
+  uint64_t payload_len = 0;
+  size_t header_len = 0;  // bytes before the payload, masking key included
+};
+
+// Reads the header at the start of `data`. False when `data` does not hold all of it yet.
+// Checks nothing: the caller decides which frames its side of the connection accepts.
+bool ParseFrameHeader(std::string_view data, FrameHeader* out);
+
 }  // namespace parley::ws

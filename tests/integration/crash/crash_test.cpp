@@ -83,6 +83,9 @@
 #include <thread>
 #include <vector>
 
+#include "parley/ws/frame_codec.h"
+#include "parley/ws/handshake.h"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -282,7 +285,8 @@ class WsClient {
       head.push_back(c);
       if (head.size() >= 4 && head.compare(head.size() - 4, 4, "\r\n\r\n") == 0) break;
     }
-    return head.rfind("HTTP/1.1 101", 0) == 0;
+    return head.rfind("HTTP/1.1 101", 0) == 0 &&
+           head.find(parley::ws::AcceptKey("dGhlIHNhbXBsZSBub25jZQ==")) != std::string::npos;
   }
 
   bool SendText(std::string_view payload) { return SendFrame(0x1, payload); }
@@ -317,25 +321,8 @@ class WsClient {
   bool SendFrame(uint8_t opcode, std::string_view payload) {
     if (fd_ < 0) return false;
     std::string f;
-    f.push_back(static_cast<char>(0x80 | opcode));
-    const uint64_t len = payload.size();
-    if (len < 126) {
-      f.push_back(static_cast<char>(0x80 | len));
-    } else if (len < 65536) {
-      f.push_back(static_cast<char>(0x80 | 126));
-      f.push_back(static_cast<char>(len >> 8));
-      f.push_back(static_cast<char>(len & 0xff));
-    } else {
-      f.push_back(static_cast<char>(0x80 | 127));
-      for (int i = 7; i >= 0; --i) f.push_back(static_cast<char>((len >> (8 * i)) & 0xff));
-    }
-    const uint32_t key = static_cast<uint32_t>(rng_());
-    char mask[4];
-    std::memcpy(mask, &key, 4);
-    f.append(mask, 4);
-    const size_t start = f.size();
-    f.append(payload);
-    for (size_t i = 0; i < payload.size(); ++i) f[start + i] ^= mask[i % 4];
+    parley::ws::AppendMaskedFrame(&f, static_cast<parley::ws::Opcode>(opcode), payload,
+                                  static_cast<uint32_t>(rng_()));
     if (!SendAll(fd_, f)) {
       Close();
       return false;
@@ -346,32 +333,18 @@ class WsClient {
   bool ParseFrames(std::vector<std::string>* out) {
     size_t pos = 0;
     while (true) {
-      if (in_.size() - pos < 2) break;
-      const auto b0 = static_cast<uint8_t>(in_[pos]);
-      const auto b1 = static_cast<uint8_t>(in_[pos + 1]);
-      const bool fin = (b0 & 0x80) != 0;
-      const uint8_t opcode = b0 & 0x0f;
-      if ((b1 & 0x80) != 0) {
+      parley::ws::FrameHeader h;
+      if (!parley::ws::ParseFrameHeader(std::string_view(in_).substr(pos), &h)) break;
+      const bool fin = h.fin;
+      const uint8_t opcode = h.opcode;
+      if (h.masked) {
         protocol_error = "server frame is masked";
         Close();
         return false;
       }
-      uint64_t len = b1 & 0x7f;
-      size_t hdr = 2;
-      if (len == 126) {
-        if (in_.size() - pos < 4) break;
-        len = (static_cast<uint64_t>(static_cast<uint8_t>(in_[pos + 2])) << 8) |
-              static_cast<uint8_t>(in_[pos + 3]);
-        hdr = 4;
-      } else if (len == 127) {
-        if (in_.size() - pos < 10) break;
-        len = 0;
-        for (int i = 0; i < 8; ++i) len = (len << 8) | static_cast<uint8_t>(in_[pos + 2 + i]);
-        hdr = 10;
-      }
-      if (in_.size() - pos < hdr + len) break;
-      std::string_view payload(in_.data() + pos + hdr, static_cast<size_t>(len));
-      pos += hdr + static_cast<size_t>(len);
+      if (in_.size() - pos - h.header_len < h.payload_len) break;
+      std::string_view payload(in_.data() + pos + h.header_len, static_cast<size_t>(h.payload_len));
+      pos += h.header_len + static_cast<size_t>(h.payload_len);
       switch (opcode) {
         case 0x1:
           if (fin) {
