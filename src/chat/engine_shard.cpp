@@ -754,6 +754,7 @@ absl::Status EngineShard::History(const std::string& user, int64_t id, std::stri
   if (!proto::ParseConvId(conv, &ref)) {
     return absl::InvalidArgumentError("conv is not a canonical conversation id");
   }
+  int64_t first_seq = 0;  // messages up to this one belong to a deleted group of this id
   if (ref.is_group) {
     auto group = deps_.store->GetGroup(ref.group);
     if (!group.ok()) return absl::UnavailableError("storage is unavailable");
@@ -762,6 +763,7 @@ absl::Status EngineShard::History(const std::string& user, int64_t id, std::stri
     if (std::find(members.begin(), members.end(), user) == members.end()) {
       return absl::PermissionDeniedError("only members may read a group's history");
     }
+    first_seq = (*group)->first_seq;
   } else if (ref.a != user && ref.b != user) {
     return absl::PermissionDeniedError("only its two users may read a direct conversation");
   }
@@ -769,8 +771,18 @@ absl::Status EngineShard::History(const std::string& user, int64_t id, std::stri
   std::vector<std::pair<int64_t, store::MessageRecord>> msgs;
   bool more = false;
   // Node-local read of the conversation log (any core may read the store).
-  absl::Status st = deps_.store->ReadHistory(conv, before, static_cast<int>(limit), &msgs, &more);
+  absl::Status st = absl::OkStatus();
+  if (before <= 0 || before > first_seq + 1) {
+    st = deps_.store->ReadHistory(conv, before, static_cast<int>(limit), &msgs, &more);
+  }
   if (!st.ok()) return absl::UnavailableError("storage is unavailable");
+  if (first_seq > 0) {
+    // Pages go backwards: what belongs to the deleted group is at the front, and ends them.
+    auto own =
+        std::find_if(msgs.begin(), msgs.end(), [&](const auto& m) { return m.first > first_seq; });
+    msgs.erase(msgs.begin(), own);
+    if (msgs.empty() || msgs.front().first == first_seq + 1) more = false;
+  }
   // As in Sync, the answer stays within a budget of bytes; history pages backwards, so what
   // does not fit are the oldest messages, and "more" sends the client to them.
   const size_t budget = ReplyBudget();
@@ -1168,6 +1180,7 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
       g.name = op.name;
       g.owner = op.by;
       g.created_ts = now;
+      g.first_seq = join_seq;  // after a deleted group's messages, if it had this id
       g.members.push_back(op.by);
       for (const auto& u : op.users) {
         if (std::find(g.members.begin(), g.members.end(), u) == g.members.end()) {
@@ -1250,11 +1263,12 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
   result.owner = rec->owner;
   result.members = rec->members;
   if (deleted) {
-    // The group and its history go together: a later group with the same id starts afresh.
+    // The conversation's messages stay, and so does its seq: its earlier members' inbox
+    // entries point at them (sync must still find them, gapless), and a group created later
+    // under this id must neither reuse those seqs nor show those messages (GroupRecord::
+    // first_seq).
     batch.DeleteGroup(op.group);
-    batch.DeleteConversation(conv);
     groups_[op.group] = std::nullopt;
-    convs_[conv] = std::make_unique<ConvState>();
   } else {
     batch.PutGroup(op.group, *rec);
   }

@@ -149,6 +149,7 @@ class Reader {
     return status_;
   }
   bool ok() const { return ok_; }
+  bool AtEnd() const { return ok_ && in_.empty(); }
 
  private:
   void Fail(const std::string& why) {
@@ -254,6 +255,7 @@ void EncodeGroup(const GroupRecord& rec, std::string* out) {
   PutVarint64(out, rec.members.size());
   for (const std::string& m : rec.members) PutString(out, m);
   PutSigned(out, rec.created_ts);
+  PutSigned(out, rec.first_seq);
 }
 
 absl::Status DecodeGroup(std::string_view in, GroupRecord* rec) {
@@ -270,6 +272,8 @@ absl::Status DecodeGroup(std::string_view in, GroupRecord* rec) {
   if (r.ok()) rec->members.resize(n);
   for (uint64_t i = 0; i < n && r.ok(); ++i) r.String(&rec->members[i]);
   r.Signed(&rec->created_ts);
+  rec->first_seq = 0;
+  if (!r.AtEnd()) r.Signed(&rec->first_seq);  // a later field: older records end before it
   return r.Finish();
 }
 

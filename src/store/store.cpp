@@ -285,21 +285,6 @@ void Batch::DeleteGroup(std::string_view group) {
   Delete(GroupShard(group), key_buf_);
 }
 
-void Batch::DeleteConversation(std::string_view conv) {
-  if (store_ == nullptr) {
-    std::fputs("parley: store::Batch used without Store::NewBatch\n", stderr);
-    std::abort();
-  }
-  std::string begin = rec::OwnerPrefix(rec::kMessage, conv);
-  std::string end = begin;
-  end.back() = '\x01';  // every 'L' conv 0x00 <seq> key sorts before 'L' conv 0x01
-  Writable()
-      .DeleteRange(store_->shard(ShardOf(conv)), rocksdb::Slice(begin), rocksdb::Slice(end))
-      .PermitUncheckedError();
-  ++ops_;
-  DeletePendingFanout(conv);
-}
-
 bool Batch::empty() const {
   return !batch_ || batch_->Count() == 0;
 }

@@ -242,22 +242,45 @@ class GroupTest(GroupCase):
 
     async def test_a_recreated_group_does_not_inherit_the_deleted_groups_messages(self):
         alice, bob, carol = await self.clients_for(["alice", "bob", "carol"])
-        await self.create(alice, "room", [])
+        await self.create(alice, "room", ["bob"])
         for i in range(3):
             await self.send(alice, "room", f"secret-{i}", body=f"alice's secret {i}")
-        await alice.ok("group_leave", group="room")  # the last member: the group is deleted
+        await bob.collect("msg", 3)
+        await alice.ok("group_leave", group="room")
+        await bob.ok("group_leave", group="room")  # the last member: the group is deleted
         await alice.error("group_info", "not_found", group="room")
+        bob_before, bob_seq = await self.sync_all(bob)
         # a new group under the same id, by someone who never was in the old one
-        await self.create(bob, "room", ["carol"])
-        hist = await bob.ok("history", conv="g:room")
+        await self.create(carol, "room", [])
+        hist = await carol.ok("history", conv="g:room")
         with self.subTest("history of the new group"):
             self.assertEqual([m["body"] for m in hist["msgs"]], [],
                              "the deleted group's messages are readable by the new group")
-        ans = await self.send(carol, "room", "c-1", body="first of the new group")
-        with self.subTest("seq of the new group's first message"):
-            self.assertEqual(ans["seq"], 1, ans)
-        m = await bob.next_event("msg")
-        self.assertEqual(m["cmid"], "c-1", m)
+            self.assertFalse(hist["more"], hist)
+        ans = await self.send(carol, "room", "c-1", body="carol's private message")
+        with self.subTest("a conversation's seq is never reused"):
+            self.assertEqual(ans["seq"], 4, ans)
+        for restart in (False, True):
+            if restart:
+                await self.restart_server()
+                bob = await self.client("bob")
+                carol = await self.client("carol")
+            with self.subTest("the new group's history", restart=restart):
+                hist = await carol.ok("history", conv="g:room")
+                self.assertEqual([(m["seq"], m["body"]) for m in hist["msgs"]],
+                                 [(4, "carol's private message")])
+                self.assertFalse(hist["more"], hist)
+                for before in (4, 2):
+                    older = await carol.ok("history", conv="g:room", before=before)
+                    self.assertEqual((older["msgs"], older["more"]), ([], False), older)
+            with self.subTest("the old members' inboxes keep the old messages", restart=restart):
+                events, seq = await self.sync_all(bob)
+                self.assertEqual(seq, bob_seq)
+                self.assertEqual(events, bob_before)
+                self.assertInboxGapless(events, "bob")
+                self.assertEqual([e["body"] for e in events if e["op"] == "msg"],
+                                 [f"alice's secret {i}" for i in range(3)])
+        await bob.no_event("msg", QUIET)
 
     async def test_non_members_are_forbidden(self):
         alice, bob, carol = await self.clients_for(["alice", "bob", "carol"])

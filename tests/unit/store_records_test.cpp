@@ -192,6 +192,31 @@ TEST_CASE("inbox, dedupe, user-conv, group and cursor records round-trip", "[sto
   CHECK(group_back.owner == "alice");
   CHECK(group_back.members == group.members);
   CHECK(group_back.created_ts == 42);
+  CHECK(group_back.first_seq == 0);
+
+  // first_seq came later: a record written before it (ending after created_ts) reads as 0.
+  buf.clear();
+  GroupRecord recreated{"Room", "carol", {"carol"}, 7, 1234};
+  rec::EncodeGroup(recreated, &buf);
+  REQUIRE(rec::DecodeGroup(buf, &group_back).ok());
+  CHECK(group_back.first_seq == 1234);
+  CHECK(group_back.members == recreated.members);
+  std::string older("\x01", 1);  // version, name, owner, one member, created_ts
+  rec::PutVarint64(&older, 4);
+  older += "Room";
+  rec::PutVarint64(&older, 5);
+  older += "carol";
+  rec::PutVarint64(&older, 1);
+  rec::PutVarint64(&older, 5);
+  older += "carol";
+  rec::PutVarint64(&older, 14);  // zigzag of 7
+  group_back.first_seq = 99;
+  REQUIRE(rec::DecodeGroup(older, &group_back).ok());
+  CHECK(group_back.created_ts == 7);
+  CHECK(group_back.first_seq == 0);
+  older.push_back('\x02');  // first_seq 1
+  older.push_back('\x00');  // and a byte too many
+  CHECK(absl::IsDataLoss(rec::DecodeGroup(older, &group_back)));
 
   buf.clear();
   rec::EncodeGroup(GroupRecord{}, &buf);

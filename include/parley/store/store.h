@@ -94,6 +94,11 @@ struct GroupRecord {
   std::string owner;
   std::vector<std::string> members;  // in order of standing (longest-standing first)
   int64_t created_ts = 0;
+  // The conversation's last seq when this group was created: 0, unless a deleted group had the
+  // same id. A conversation's seq is never reused and its messages are never deleted with the
+  // group (earlier members' inbox entries point at them), so a group created again starts
+  // after them and does not show them. Absent in records written before it existed (= 0).
+  int64_t first_seq = 0;
 };
 
 // A group membership event owed to a user's inbox. It is written in the same batch as the
@@ -143,8 +148,6 @@ class Batch {
   void PutGroupEvent(std::string_view user, int64_t order, const GroupEventRecord& rec);
   void DeleteGroupEvent(std::string_view user, int64_t order);
   void DeleteGroup(std::string_view group);
-  // Removes a conversation's whole log and its fan-out marker (a deleted group's history).
-  void DeleteConversation(std::string_view conv);
 
   bool empty() const;
   size_t ops() const { return ops_; }
