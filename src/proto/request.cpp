@@ -475,7 +475,9 @@ class Validator {
     if (!Target() || !RequireId(kCmid, &out_->cmid)) return false;
     const bool has_meta = f_.Has(kMeta);
     if (!f_.Has(kBody)) {
-      if (!has_meta) return Fail(kBadRequest, "missing body");
+      // Required even with meta (PROTOCOL.md section 10), where it may be "".
+      return Fail(kBadRequest,
+                  has_meta ? "missing body (it may be \"\" with meta)" : "missing body");
     } else if (f_.WrongType(kBody)) {
       return Fail(kBadRequest, "body must be a string");
     } else if (!has_meta && f_.Str(kBody).empty()) {

@@ -99,6 +99,8 @@ class AdminSendTest(ServerTestCase):
             ("missing cmid", {"from": "system", "to": "bob", "body": "x"}),
             ("invalid cmid", {"from": "system", "to": "bob", "cmid": "b 4", "body": "x"}),
             ("missing body", {"from": "system", "to": "bob", "cmid": "b-5"}),
+            ("missing body with meta", {"from": "system", "to": "bob", "cmid": "b-5m",
+                                        "meta": {"k": 1}}),
             ("to and group", {"from": "system", "to": "bob", "group": "g", "cmid": "b-6",
                               "body": "x"}),
             ("neither to nor group", {"from": "system", "cmid": "b-7", "body": "x"}),

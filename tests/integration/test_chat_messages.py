@@ -230,6 +230,8 @@ class ValidationTest(MessagingTestCase):
         bob = await self.client(user="bob")
         r = await alice.request("send", to="bob", cmid="v-1")
         self.assert_error(r, "bad_request", "missing body without meta")
+        r = await alice.request("send", to="bob", cmid="v-1m", meta={"k": 1})
+        self.assert_error(r, "bad_request", "missing body with meta (it may be empty, not absent)")
         r = await alice.request("send", to="bob", cmid="v-2", body=17)
         self.assert_error(r, "bad_request", "body not a string")
         r = await alice.request("send", to="bob", cmid="v-3", body=None)

@@ -358,10 +358,13 @@ TEST_CASE("send: happy paths", "[proto][request]") {
   CHECK(d.req.to.empty());
   CHECK(d.req.id == -1);
 
-  // Meta is captured as its raw text; body may be absent or empty with meta.
+  // Meta is captured as its raw text; body may be empty with meta, but not absent.
   REQUIRE(d.Run(R"({"op":"send","to":"bob","cmid":"c","body":"hi","meta":{"reply_to":16}})"));
   CHECK(d.req.meta_json == R"({"reply_to":16})");
-  REQUIRE(d.Run(R"({"op":"send","to":"bob","cmid":"c","meta":{"k":1}})"));
+  REQUIRE_FALSE(d.Run(R"({"op":"send","to":"bob","cmid":"c","meta":{"k":1}})"));
+  CHECK(d.error.code == "bad_request");
+  CHECK(d.error.message.find("missing body") != std::string::npos);
+  REQUIRE(d.Run(R"({"op":"send","to":"bob","cmid":"c","body":"","meta":{"k":1}})"));
   CHECK(d.req.body.empty());
   CHECK(d.req.meta_json == R"({"k":1})");
   REQUIRE(d.Run(R"({"op":"send","to":"bob","cmid":"c","body":"","meta":{}})"));
@@ -388,10 +391,12 @@ TEST_CASE("send: meta raw capture", "[proto][request]") {
   // Whitespace inside the object is kept verbatim; whitespace around it is not part of it.
   REQUIRE(d.Run(R"({"op":"send","to":"b","cmid":"c","meta":  { "a" : [1, 2] } ,"body":"x"})"));
   CHECK(d.req.meta_json == R"({ "a" : [1, 2] })");
-  REQUIRE(d.Run("{\"op\":\"send\",\"to\":\"b\",\"cmid\":\"c\",\"meta\":{\"a\":1}\n\t }"));
+  REQUIRE(
+      d.Run("{\"op\":\"send\",\"to\":\"b\",\"cmid\":\"c\",\"body\":\"\",\"meta\":{\"a\":1}\n\t }"));
   CHECK(d.req.meta_json == R"({"a":1})");
   // Braces and quotes inside strings do not end it.
-  REQUIRE(d.Run(R"({"op":"send","to":"b","cmid":"c","meta":{"s":"}\"{","t":[{"u":{}}]}})"));
+  REQUIRE(
+      d.Run(R"({"op":"send","to":"b","cmid":"c","body":"","meta":{"s":"}\"{","t":[{"u":{}}]}})"));
   CHECK(d.req.meta_json == R"({"s":"}\"{","t":[{"u":{}}]})");
   // Escapes stay escaped (delivered verbatim).
   REQUIRE(d.Run(R"({"op":"send","to":"b","cmid":"c","meta":{"e":"caf\u00e9"},"body":""})"));
@@ -428,7 +433,7 @@ TEST_CASE("send: errors", "[proto][request]") {
        "meta must be a JSON object"},
       {R"({"op":"send","id":2,"to":"a","cmid":"c","body":"x","meta":null})", "bad_request", 2,
        "meta must be a JSON object"},
-      {R"({"op":"send","id":2,"to":"a","cmid":"c","meta":7})", "bad_request", 2,
+      {R"({"op":"send","id":2,"to":"a","cmid":"c","body":"x","meta":7})", "bad_request", 2,
        "meta must be a JSON object"},
       {R"({"op":"send","id":2,"to":"a","cmid":"c","body":"x","meta":{"a":tru}})", "bad_request", 2,
        "invalid JSON"},
