@@ -3,6 +3,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <array>
 
 #include "absl/strings/str_cat.h"
 #include "parley/auth/jwt.h"
@@ -197,13 +198,19 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     });
   }
 
-  // A token bucket of `rate` per second and `burst` tokens, plus a one-second abuse window:
-  // more than 10 x the rate within one second closes the connection with 4029.
+  // A token bucket of `rate` per second and `burst` tokens, plus the abuse check: more than
+  // 10 x the rate within one second closes the connection with 4029. Attempts are counted in
+  // ten 100 ms slots, the current one and the nine before it, so the sum covers at least the
+  // last 900 ms and never more than the last second: a burst is caught wherever it falls (a
+  // window fixed to the first request missed one split across its boundary), and a client
+  // that stayed within 10 x the rate over every second is never closed.
+  static constexpr int kAbuseSlots = 10;
+  static constexpr int64_t kAbuseSlotMs = 1000 / kAbuseSlots;
   struct RateBucket {
     double tokens = 0;
-    int64_t time = 0;  // last refill; 0 = not used yet
-    int64_t window_start = 0;
-    int64_t window_count = 0;
+    int64_t time = 0;   // last refill; 0 = not used yet
+    uint32_t slot = 0;  // now_ms / kAbuseSlotMs of the newest slot (wraps after 13 years)
+    std::array<uint16_t, kAbuseSlots> attempts{};  // attempts[slot % kAbuseSlots]; saturating
   };
 
   bool AllowRate(WsSession& ws, RateBucket& b, double rate, double burst) {
@@ -214,11 +221,18 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     }
     b.tokens = std::min(burst, b.tokens + (now - b.time) * rate / 1000.0);
     b.time = now;
-    if (now - b.window_start >= 1000) {
-      b.window_start = now;
-      b.window_count = 0;
+    const auto slot = static_cast<uint32_t>(now / kAbuseSlotMs);
+    if (slot - b.slot >= kAbuseSlots) {
+      b.attempts.fill(0);
+    } else {
+      for (uint32_t s = b.slot + 1; s != slot + 1; ++s) b.attempts[s % kAbuseSlots] = 0;
     }
-    if (++b.window_count > 10 * rate) {
+    b.slot = slot;
+    uint16_t& current = b.attempts[slot % kAbuseSlots];
+    if (current != UINT16_MAX) ++current;
+    uint32_t recent = 0;
+    for (uint16_t n : b.attempts) recent += n;
+    if (recent > 10 * rate) {
       ws.Close(4029, "rate limit abused");
       return false;
     }

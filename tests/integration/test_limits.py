@@ -176,6 +176,37 @@ class RequestRateLimitTest(ServerTestCase):
         bob = await self.client(user="bob")
         self.assertEqual((await bob.request("convs"))["op"], "ok")
 
+    async def test_a_burst_split_across_any_second_boundary_closes_4029(self):
+        # 1 request, then 49 shortly before one second has passed, then 49 just after: 98 within
+        # about 150 ms, more than 10 x 5/s in one second wherever a second is taken to start.
+        # (A window fixed to the first request saw 50 and 49 and let the client go on.)
+        alice = await self.client(user="alice")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await alice.send_raw({"op": "convs", "id": 1})
+        n = 100
+        for at in (0.93, 1.08):
+            await asyncio.sleep(max(0.0, start + at - loop.time()))
+            for _ in range(49):
+                await alice.send_raw({"op": "convs", "id": n})
+                n += 1
+        self.assertEqual(await alice.wait_closed(timeout=5), 4029)
+
+    async def test_a_client_within_ten_times_the_rate_is_not_closed(self):
+        # 40 requests every 1.1 s: never more than 10 x 5/s within one second. Most are
+        # rate_limited, none closes the connection.
+        alice = await self.client(user="alice")
+        n = 100
+        for _ in range(3):
+            for _ in range(40):
+                await alice.send_raw({"op": "convs", "id": n})
+                n += 1
+            await asyncio.sleep(1.1)
+        self.assertFalse(alice.closed)
+        self.assertEqual((await alice.request("ping"))["op"], "ok")
+        limited = [e for e in alice.queued("error") if e.get("code") == "rate_limited"]
+        self.assertGreater(len(limited), 60)
+
     async def test_undecodable_requests_draw_on_the_same_bucket(self):
         alice = await self.client(user="alice")
         code, oks, limited = await alice.flood({"op": "no_such_op", "id": 2000 + i}
