@@ -671,6 +671,15 @@ bool DecodeRequest(simdjson::ondemand::parser& parser, simdjson::padded_string_v
                 readable_id());
   }
 
+  // Whether the request names a known op is settled before the other checks, so that a caller
+  // can tell a request with bad fields (a duplicate key, a bad id) from text that is no
+  // request at all.
+  Op op = Op::kPing;
+  const bool op_known = fields.Has(kOp) && !fields.WrongType(kOp) && LookupOp(fields.Str(kOp), &op);
+  if (op_known) {
+    error->op_known = true;
+    error->op = op;
+  }
   const int64_t id = readable_id();
   if (repeated || HasDuplicate(unknown_keys, &duplicate)) {
     return Fail(error, kBadRequest, Cat("duplicate key \"", Clip(duplicate), "\""), id);
@@ -680,14 +689,11 @@ bool DecodeRequest(simdjson::ondemand::parser& parser, simdjson::padded_string_v
   }
   if (!fields.Has(kOp)) return Fail(error, kBadRequest, "missing op", id);
   if (fields.WrongType(kOp)) return Fail(error, kBadRequest, "op must be a string", id);
-  Op op;
-  if (!LookupOp(fields.Str(kOp), &op)) {
+  if (!op_known) {
     return Fail(error, kBadRequest, Cat("unknown op \"", Clip(fields.Str(kOp)), "\""), id);
   }
   out->op = op;
   out->id = id;
-  error->op_known = true;
-  error->op = op;
   Validator validator(fields, limits, out, error);
   return validator.Run(op);
 }

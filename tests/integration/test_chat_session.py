@@ -198,18 +198,33 @@ class DevModeHelloTest(ServerTestCase):
                 self.assertFalse(c.closed)
         self.assertEqual((await c.request("ping"))["op"], "ok")
 
-    async def test_invalid_json_before_hello(self):
-        # Not valid JSON is bad_request and the connection stays open (section 3), even before
-        # hello; a hello can then follow.
-        c = await self.connect()
-        await c.send_raw("{{{")
-        err = await c.next_event("error")
-        self.assertIn(err["code"], ("bad_request", "unauthenticated"), err)
-        if err["code"] == "bad_request":
-            resp = await c.hello(user="alice")
-            self.assertEqual(resp["user"], "alice")
-        else:
-            await self.assert_closed(c, 4001, "after the unauthenticated error")
+    async def test_text_that_is_no_request_before_hello_leaves_the_connection_open(self):
+        # Not valid JSON, or no known op, is bad_request and the connection stays open (section
+        # 3), before hello too; a hello can then follow.
+        for text in ["{{{", '{"op":"hello","id":1,"user":"alice"', "[]", '{"id":3}',
+                     '{"op":"HELLO","id":3,"user":"alice"}', '{"op":"nope","id":3}']:
+            with self.subTest(text=text):
+                c = await self.connect()
+                await c.send_raw(text)
+                err = await c.next_event("error")
+                self.assertEqual(err["code"], "bad_request", err)
+                resp = await c.hello(user="alice")
+                self.assertEqual(resp["user"], "alice")
+                await c.close()
+
+    async def test_a_malformed_hello_is_bad_request_and_close_4001(self):
+        # A request that names hello but cannot be decoded is a failed hello (section 10).
+        for text, rid in [('{"op":"hello","id":1,"user":"alice","user":"bob"}', 1),
+                          ('{"op":"hello","id":"x","user":"alice"}', None),
+                          ('{"op":"hello","id":-1,"user":"alice"}', None),
+                          ('{"op":"hello","id":1,"user":"alice","device":"a","device":"b"}', 1)]:
+            with self.subTest(text=text):
+                c = await self.connect()
+                await c.send_raw(text)
+                err = await c.next_event("error")
+                self.assertEqual(err["code"], "bad_request", err)
+                self.assertEqual(err.get("id"), rid, err)
+                await self.assert_closed(c, 4001, f"after {text}")
 
     async def test_hello_in_dev_mode_with_garbage_token_refused(self):
         # In dev mode a token cannot be verified (no secret): the hello fails cleanly.

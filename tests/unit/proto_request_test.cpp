@@ -66,6 +66,35 @@ TEST_CASE("ping decodes with and without id", "[proto][request]") {
   CHECK(d.req.id == 0);
 }
 
+TEST_CASE("op_known tells a request with bad fields from text that is no request",
+          "[proto][request]") {
+  Decoder d;
+  struct Case {
+    std::string json;
+    bool op_known;
+  };
+  const std::vector<Case> cases = {
+      {R"({"op":"hello","id":1,"user":"alice","user":"bob"})", true},  // duplicate key
+      {R"({"op":"hello","id":"x","user":"alice"})", true},             // bad id
+      {R"({"op":"hello","id":1,"user":"no spaces"})", true},           // bad field
+      {R"({"id":1,"op":"send","op":"send"})", true},                   // duplicate op
+      {R"({"op":"nope","id":3})", false},
+      {R"({"op":"HELLO","id":3})", false},
+      {R"({"op":7,"id":3})", false},
+      {R"({"id":3})", false},
+      {R"([])", false},
+      {R"({"op":"hello","id":1,"user":"alice")", false},  // not JSON at all
+  };
+  for (const Case& c : cases) {
+    INFO(c.json);
+    REQUIRE_FALSE(d.Run(c.json));
+    CHECK(d.error.code == "bad_request");
+    CHECK(d.error.op_known == c.op_known);
+    if (c.op_known)
+      CHECK(d.error.op == (c.json.find("send") != std::string::npos ? Op::kSend : Op::kHello));
+  }
+}
+
 TEST_CASE("every op name decodes to its Op and back", "[proto][request]") {
   struct OpCase {
     Op op;
