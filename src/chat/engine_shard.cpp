@@ -709,12 +709,15 @@ absl::Status EngineShard::Sync(Device& device, int64_t id, int64_t since, int64_
     more = false;
   }
   proto::ListOkWriter w(out, id, "events");
-  *last_returned = since;
+  // What this device has from now on: what it said it had, but nothing past the inbox (a
+  // `since` beyond it would otherwise hide the next live events from this connection).
+  *last_returned = std::min(since, u.inbox_durable);
   // One answer stays well under limits.max_outbound_bytes, or the answer itself would close
   // the connection as a slow consumer: past the budget, stop early and say "more".
   const size_t budget = ReplyBudget();
+  const int64_t first_returned = *last_returned;
   for (const auto& [inbox, rec] : entries) {
-    if (*last_returned != since && out->size() >= budget) {
+    if (*last_returned != first_returned && out->size() >= budget) {
       more = true;
       break;
     }

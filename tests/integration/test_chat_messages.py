@@ -506,6 +506,26 @@ class SyncAckTest(MessagingTestCase):
         self.assertEqual((await b1.ok("sync"))["events"], [])
 
 
+class SyncPastTheInboxTest(MessagingTestCase):
+    async def test_a_sync_past_the_inbox_hides_no_live_event(self):
+        # A device that syncs from beyond its inbox_seq has nothing to get, and must still be
+        # sent every later event live, without gaps (section 10).
+        bob = await self.client(user="bob")
+        phone = await self.client(user="alice", device="phone")
+        laptop = await self.client(user="alice", device="laptop")
+        await self.send_seen(bob, "s-0", "alice", [phone, laptop])
+        for since in (3, 100):
+            ans = await laptop.ok("sync", since=since)
+            self.assertEqual((ans["events"], ans["more"]), ([], False), ans)
+        base = ans["inbox_seq"]
+        for i in range(4):
+            await self.send_ok(bob, f"s-{i + 1}", to="alice")
+        for dev in (phone, laptop):
+            evs = await dev.collect("msg", 4)
+            self.assertEqual([e["inbox"] for e in evs], [base + 1 + i for i in range(4)],
+                             dev.name)
+
+
 class SyncLimitTest(MessagingTestCase):
     SERVER_KW = {"extra_args": FAST, "sync": "none"}
 
