@@ -65,6 +65,30 @@ class AdminSendTest(ServerTestCase):
         again = await alice.ok("send", to="bob", cmid="adm-1", body="hi")
         self.assertEqual((again["dup"], again["seq"], again["ts"]), (True, 1, ans["ts"]))
 
+    async def test_the_body_may_say_op_send(self):
+        # "The body is a send request plus from": a send request's "op" may be there, and can
+        # only be "send".
+        bob = await self.client(user="bob")
+        ans = self.post_json({"op": "send", "from": "system", "to": "bob", "cmid": "op-1",
+                              "body": "with op"}, 200)
+        self.assertEqual((ans["op"], ans["seq"], ans["dup"]), ("ok", 1, False))
+        ans = self.post_json('{"from":"system","\\u006fp":"send","to":"bob","cmid":"op-2",'
+                             '"body":"escaped key"}', 200)
+        self.assertEqual(ans["seq"], 2)
+        for op in ("ping", "hello", 7):
+            with self.subTest(op=op):
+                ans = self.post_json({"op": op, "from": "system", "to": "bob", "cmid": "op-3",
+                                      "body": "x"}, 400)
+                self.assertEqual(ans.get("code"), "bad_request", ans)
+        ans = self.post_json({"op": "send", "op ": "x", "from": "system", "to": "bob",
+                              "cmid": "op-4", "body": "an unknown key is ignored"}, 200)
+        self.assertEqual(ans["seq"], 3)
+        ans = self.post_json('{"op":"send","op":"send","from":"system","to":"bob",'
+                             '"cmid":"op-5","body":"x"}', 400)
+        self.assertIn("duplicate", ans["message"])
+        evs = await bob.collect("msg", 3)
+        self.assertEqual([e["cmid"] for e in evs], ["op-1", "op-2", "op-4"])
+
     async def test_dedupe(self):
         bob = await self.client(user="bob")
         first = self.post_json({"from": "system", "to": "bob", "cmid": "n-7", "body": "x"}, 200)
