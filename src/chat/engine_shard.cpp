@@ -1291,23 +1291,33 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
       batch.PutGroupEvent(user, orders[k].back(), pending);
     }
   }
-  deps_.writer->OnCommit([this, group = op.group, conv, events = std::move(events),
-                          orders = std::move(orders), join_seq, now, result = std::move(result),
-                          reply = std::move(reply), answer](const absl::Status& status) mutable {
-    if (!status.ok()) {
-      groups_.erase(group);  // reload the durable state next time
-      result = GroupResult{};
-      result.status = absl::UnavailableError("the group change could not be stored");
-      return answer(std::move(reply), std::move(result));
+  // The answer waits for the change to be durable and for every concerned inbox to have its
+  // events (nothing acknowledged is lost), and goes out once, failure or success.
+  size_t total = 0;
+  for (const auto& e : events) total += e.concerned.size();
+  struct Pending {
+    size_t remaining;  // the commit, then one per concerned user's event
+    bool answered = false;
+    Reply<GroupResult> reply;
+    GroupResult result;
+  };
+  auto pending =
+      std::make_shared<Pending>(Pending{total + 1, false, std::move(reply), std::move(result)});
+  auto done_one = [pending, answer]() mutable {
+    if (--pending->remaining == 0 && !pending->answered) {
+      pending->answered = true;
+      answer(std::move(pending->reply), std::move(pending->result));
     }
-    // The answer waits until every concerned inbox has its events (nothing acknowledged is
-    // lost); each user's events travel in order on one channel.
-    size_t total = 0;
-    for (const auto& e : events) total += e.concerned.size();
-    if (total == 0) return answer(std::move(reply), std::move(result));
-    auto remaining = std::make_shared<size_t>(total);
-    auto finished = std::make_shared<std::pair<Reply<GroupResult>, GroupResult>>(std::move(reply),
-                                                                                 std::move(result));
+  };
+  // The events start when the change is written, not when it is durable, like a message's
+  // inbox appends: each append is written after the change in the node's single log, so its
+  // own sync covers both. Starting them here also keeps them ahead of the appends of every
+  // message sequenced after the change (those start at their own, later, OnWritten, and
+  // travel on the same queue to each user's core): no member's inbox shows a message from a
+  // new member before the event that added them.
+  deps_.writer->OnWritten([this, conv, events = std::move(events), orders = std::move(orders),
+                           join_seq, now, done_one](const absl::Status& status) mutable {
+    if (!status.ok()) return;  // nothing was written; OnCommit below answers the failure
     for (size_t k = 0; k < events.size(); ++k) {
       const Event& e = events[k];
       for (size_t i = 0; i < e.concerned.size(); ++i) {
@@ -1321,14 +1331,10 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
         deps_.router->SubmitToShard(
             me, shard,
             [&target = on(owner), user, conv, json = e.json, js = joining ? join_seq : -1, leaving,
-             now, order, me, remaining, finished, answer]() mutable {
-              auto confirm = [&target, me, remaining, finished, answer]() mutable {
-                target.deps_.router->SubmitToCore(
-                    target.core(), me, [remaining, finished, answer]() mutable {
-                      if (--*remaining == 0) {
-                        answer(std::move(finished->first), std::move(finished->second));
-                      }
-                    });
+             now, order, me, done_one]() mutable {
+              auto confirm = [&target, me, done_one]() mutable {
+                target.deps_.router->SubmitToCore(target.core(), me,
+                                                  [done_one]() mutable { done_one(); });
               };
               target.AppendGroupEvent(std::move(user), conv, std::move(json), js, leaving, now,
                                       order, std::move(confirm));
@@ -1336,6 +1342,16 @@ void EngineShard::GroupOnOwner(GroupOp op, int reply_core, Reply<GroupResult> re
       }
     }
   });
+  deps_.writer->OnCommit(
+      [this, group = op.group, pending, answer, done_one](const absl::Status& status) mutable {
+        if (status.ok()) return done_one();
+        groups_.erase(group);  // reload the durable state next time
+        if (pending->answered) return;
+        pending->answered = true;
+        GroupResult failed;
+        failed.status = absl::UnavailableError("the group change could not be stored");
+        answer(std::move(pending->reply), std::move(failed));
+      });
 }
 
 void EngineShard::AppendGroupEvent(std::string user, std::string conv,

@@ -717,6 +717,61 @@ class GroupRestartTest(GroupCase):
             self.assertInboxGapless(events, c.user)
 
 
+class GroupRaceTest(GroupCase):
+    SERVER_KW = {"extra_args": ["--limits.rate_per_sec=100000", "--limits.rate_burst=100000",
+                                "--limits.request_rate_per_sec=100000",
+                                "--limits.request_rate_burst=100000"]}
+
+    async def test_membership_events_and_messages_keep_one_order_in_every_inbox(self):
+        # dave is added and removed over and over while he and bob send without pause. In
+        # carol's inbox, every message from dave must come after an "added" event and before
+        # the next "removed" (a message cannot precede the change that made its sender a
+        # member); dave's inbox must hold exactly the messages carol's inbox places inside his
+        # memberships, in the same order.
+        alice, bob, carol, dave = await self.clients_for(["alice", "bob", "carol", "dave"])
+        await self.create(alice, "team", ["bob", "carol"])
+        stop = asyncio.Event()
+        dave_oks = []
+
+        async def pump(c, prefix, oks=None):
+            i = 0
+            while not stop.is_set():
+                r = await c.request("send", group="team", cmid=f"{prefix}{i}", body="x")
+                i += 1
+                if oks is not None and r.get("op") == "ok":
+                    oks.append(r["seq"])
+        pumps = [asyncio.create_task(pump(bob, "b")), asyncio.create_task(pump(dave, "d",
+                                                                               dave_oks))]
+        try:
+            for _ in range(25):
+                await alice.ok("group_add", group="team", users=["dave"])
+                await asyncio.sleep(0.005)
+                await alice.ok("group_remove", group="team", users=["dave"])
+        finally:
+            stop.set()
+            await asyncio.gather(*pumps)
+        carol_events, _ = await self.sync_all(carol)
+        dave_events, _ = await self.sync_all(dave)
+        member, inside, carol_order = False, [], []
+        for e in carol_events:
+            if e["op"] == "group" and "dave" in e["users"]:
+                member = e["change"] == "added"
+                carol_order.append(("group", e["change"]))
+            elif e["op"] == "msg":
+                if e["from"] == "dave":
+                    self.assertTrue(member, f"carol's inbox has {e} outside dave's membership")
+                if member:
+                    inside.append(e["seq"])
+                    carol_order.append(("msg", e["seq"]))
+        self.assertGreater(len(dave_oks), 0)
+        self.assertTrue(set(dave_oks) <= set(inside), "an ok'd send of dave's is missing")
+        self.assertEqual([e["seq"] for e in dave_events if e["op"] == "msg"], inside)
+        self.assertEqual([("group", e["change"]) if e["op"] == "group" else ("msg", e["seq"])
+                          for e in dave_events], carol_order)
+        self.assertInboxGapless(carol_events, "carol")
+        self.assertInboxGapless(dave_events, "dave")
+
+
 class GroupSizeTest(GroupCase):
     SERVER_KW = {"extra_args": ["--limits.max_group_size=5"]}
 
