@@ -69,13 +69,15 @@ enum Field : uint8_t {
   kUsers,
   kMembers,
   kName,
+  kFrom,  // admin send only
   kNumFields,
   kUnknown,
 };
 
 constexpr std::array<std::string_view, kNumFields> kFieldNames = {
-    "id",    "op",    "token", "user",   "device", "to",   "group",  "cmid",  "body",    "meta",
-    "inbox", "since", "limit", "before", "seq",    "conv", "status", "users", "members", "name",
+    "id",   "op",   "token",  "user",  "device",  "to",    "group",
+    "cmid", "body", "meta",   "inbox", "since",   "limit", "before",
+    "seq",  "conv", "status", "users", "members", "name",  "from",
 };
 
 Field LookupField(std::string_view key) {
@@ -96,6 +98,7 @@ Field LookupField(std::string_view key) {
       if (key == "meta") return kMeta;
       if (key == "conv") return kConv;
       if (key == "name") return kName;
+      if (key == "from") return kFrom;
       break;
     case 5:
       if (key == "token") return kToken;
@@ -605,22 +608,18 @@ void Reset(Request* r) {
   r->op = Op::kPing;
   r->id = -1;
   for (std::string_view* s : {&r->token, &r->user, &r->device, &r->to, &r->group, &r->cmid,
-                              &r->body, &r->meta_json, &r->conv, &r->status, &r->name}) {
+                              &r->body, &r->meta_json, &r->conv, &r->status, &r->name, &r->from}) {
     *s = {};
   }
   for (int64_t* n : {&r->inbox, &r->since, &r->limit, &r->before, &r->seq}) *n = -1;
   r->users.clear();
 }
 
-}  // namespace
+// What a decode reads: a client's request, or the admin API's send (op optional, "from").
+enum class Dialect { kClient, kAdminSend };
 
-std::string_view OpName(Op op) {
-  const auto index = static_cast<size_t>(op);
-  return index < kOpNames.size() ? kOpNames[index] : std::string_view("unknown");
-}
-
-bool DecodeRequest(simdjson::ondemand::parser& parser, simdjson::padded_string_view json,
-                   const DecodeLimits& limits, Request* out, DecodeError* error) {
+bool Decode(simdjson::ondemand::parser& parser, simdjson::padded_string_view json,
+            const DecodeLimits& limits, Dialect dialect, Request* out, DecodeError* error) {
   Reset(out);
   od::document doc;
   if (error_code e = parser.iterate(json).get(doc)) {
@@ -687,6 +686,15 @@ bool DecodeRequest(simdjson::ondemand::parser& parser, simdjson::padded_string_v
   if (fields.Has(kId) && id < 0) {
     return Fail(error, kBadRequest, "id must be an integer >= 0 and below 2^53", -1);
   }
+  Validator validator(fields, limits, out, error);
+  if (dialect == Dialect::kAdminSend) {
+    if (fields.Has(kOp) && !(op_known && op == Op::kSend)) {
+      return Fail(error, kBadRequest, "op must be \"send\" (or left out)", id);
+    }
+    out->op = Op::kSend;
+    out->id = id;
+    return validator.Send() && validator.RequireId(kFrom, &out->from);
+  }
   if (!fields.Has(kOp)) return Fail(error, kBadRequest, "missing op", id);
   if (fields.WrongType(kOp)) return Fail(error, kBadRequest, "op must be a string", id);
   if (!op_known) {
@@ -694,8 +702,24 @@ bool DecodeRequest(simdjson::ondemand::parser& parser, simdjson::padded_string_v
   }
   out->op = op;
   out->id = id;
-  Validator validator(fields, limits, out, error);
   return validator.Run(op);
+}
+
+}  // namespace
+
+std::string_view OpName(Op op) {
+  const auto index = static_cast<size_t>(op);
+  return index < kOpNames.size() ? kOpNames[index] : std::string_view("unknown");
+}
+
+bool DecodeRequest(simdjson::ondemand::parser& parser, simdjson::padded_string_view json,
+                   const DecodeLimits& limits, Request* out, DecodeError* error) {
+  return Decode(parser, json, limits, Dialect::kClient, out, error);
+}
+
+bool DecodeAdminSend(simdjson::ondemand::parser& parser, simdjson::padded_string_view json,
+                     const DecodeLimits& limits, Request* out, DecodeError* error) {
+  return Decode(parser, json, limits, Dialect::kAdminSend, out, error);
 }
 
 std::string DirectConvId(std::string_view a, std::string_view b) {

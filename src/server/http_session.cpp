@@ -140,21 +140,6 @@ std::string ErrorBody(std::string_view code, std::string_view message) {
   return out;
 }
 
-// Whether `json` is an object with `key` at its top level (escapes in keys resolved). False for
-// anything that does not parse: the protocol decoder then reports what is wrong with it.
-bool HasTopLevelKey(simdjson::ondemand::parser& parser, std::string_view json,
-                    std::string_view key) {
-  simdjson::padded_string padded(json);
-  simdjson::ondemand::document doc;
-  simdjson::ondemand::object obj;
-  if (parser.iterate(padded).get(doc) || doc.get_object().get(obj)) return false;
-  for (auto field : obj) {
-    std::string_view k;
-    if (field.unescaped_key().get(k)) return false;
-    if (k == key) return true;
-  }
-  return false;
-}
 }  // namespace
 
 void HttpSession::AdminSend(const http::Request& req, std::string_view body) {
@@ -171,30 +156,16 @@ void HttpSession::AdminSend(const http::Request& req, std::string_view body) {
                    ErrorBody("unauthenticated", "a valid admin bearer token is required"),
                    "WWW-Authenticate: Bearer\r\n");
   }
-  // The body is a send request plus "from", its "op" optional (it can only be "send"): decode
-  // it with the protocol's own rules, reading a body without "op" as {"op":"send", ...}.
-  size_t brace = body.find_first_not_of(" \t\r\n");
-  if (brace == std::string_view::npos || body[brace] != '{') {
-    return Respond(400, kJson, ErrorBody("bad_request", "body must be a JSON object"));
-  }
-  std::string json(body);
-  if (!HasTopLevelKey(ctx_.json_parser, body, "op")) {
-    std::string_view rest = body.substr(brace + 1);
-    const bool empty_object = rest.find_first_not_of(" \t\r\n") != std::string_view::npos &&
-                              rest[rest.find_first_not_of(" \t\r\n")] == '}';
-    json = StrCat("{\"op\":\"send\"", empty_object ? "" : ",", rest);
-  }
-  simdjson::padded_string padded(json);
+  // The body is a send request plus "from", its "op" optional: the protocol's own decoder
+  // reads it, with the protocol's rules and limits.
+  simdjson::padded_string padded(body);
   proto::Request send;
   proto::DecodeError err;
   proto::DecodeLimits limits;
   limits.max_body_bytes = ctx_.config->limits.max_body_bytes;
   limits.max_meta_bytes = ctx_.config->limits.max_meta_bytes;
-  if (!proto::DecodeRequest(ctx_.json_parser, padded, limits, &send, &err)) {
+  if (!proto::DecodeAdminSend(ctx_.json_parser, padded, limits, &send, &err)) {
     return Respond(400, kJson, ErrorBody(err.code, err.message));
-  }
-  if (send.op != proto::Op::kSend) {
-    return Respond(400, kJson, ErrorBody("bad_request", "op must be \"send\" (or left out)"));
   }
   chat::SendArgs args;
   args.to = send.to;
@@ -203,15 +174,7 @@ void HttpSession::AdminSend(const http::Request& req, std::string_view body) {
   args.body = send.body;
   args.meta_json = send.meta_json;
   args.admin = true;
-  // "from" is not part of the send op: read it separately.
-  simdjson::ondemand::document doc;
-  std::string_view from;
-  if (ctx_.json_parser.iterate(padded).get(doc) || doc["from"].get_string().get(from) ||
-      !IsValidId(from)) {
-    return Respond(400, kJson,
-                   ErrorBody("bad_request", "from must be 1-64 bytes of [A-Za-z0-9_.@-]"));
-  }
-  args.from = from;
+  args.from = send.from;
   awaiting_ = true;
   ctx_.engine->Send(std::move(args), ctx_.core, [alive = alive_, this](chat::SendResult r) {
     if (!*alive) return;  // the client went away

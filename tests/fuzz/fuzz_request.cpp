@@ -1,7 +1,8 @@
-// DecodeRequest on arbitrary bytes: must never crash, and whatever it accepts must satisfy
-// the guarantees the chat layer relies on.
+// DecodeRequest and DecodeAdminSend on arbitrary bytes: must never crash, and whatever they
+// accept must satisfy the guarantees the chat layer relies on.
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 
 #include "parley/proto/request.h"
@@ -19,6 +20,38 @@ bool IsWireInt(int64_t v, int64_t min) {
   return v >= min && v < (int64_t{1} << 53);
 }
 
+void CheckSend(const Request& req, const DecodeLimits& limits) {
+  Check(req.to.empty() != req.group.empty());
+  Check(req.to.empty() || parley::IsValidId(req.to));
+  Check(req.group.empty() || parley::IsValidId(req.group));
+  Check(parley::IsValidId(req.cmid));
+  Check(!req.body.empty() || !req.meta_json.empty());
+  Check(req.body.size() <= limits.max_body_bytes);
+  Check(req.meta_json.size() <= limits.max_meta_bytes);
+  if (!req.meta_json.empty()) {
+    Check(req.meta_json.front() == '{' && req.meta_json.back() == '}');
+    // The captured meta must itself be one valid JSON object.
+    simdjson::dom::parser dom;
+    simdjson::dom::object obj;
+    Check(dom.parse(std::string(req.meta_json)).get(obj) == simdjson::SUCCESS);
+  }
+}
+
+// The admin API's send: an op, if any, is "send"; "from" is a valid id.
+void CheckAdminSend(simdjson::ondemand::parser& parser, const simdjson::padded_string& input,
+                    const DecodeLimits& limits) {
+  Request req;
+  DecodeError error;
+  if (!DecodeAdminSend(parser, input, limits, &req, &error)) {
+    Check(error.code == "bad_request" || error.code == "too_large");
+    Check(!error.message.empty());
+    return;
+  }
+  Check(req.op == Op::kSend);
+  Check(parley::IsValidId(req.from));
+  CheckSend(req, limits);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -30,6 +63,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   limits.max_users_per_request = 5;
 
   const simdjson::padded_string input(reinterpret_cast<const char*>(data), size);
+  CheckAdminSend(parser, input, limits);
   Request req;
   DecodeError error;
   if (!DecodeRequest(parser, input, limits, &req, &error)) {
@@ -52,16 +86,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       Check(!req.token.empty() || !req.user.empty());
       break;
     case Op::kSend:
-      Check(req.to.empty() != req.group.empty());
-      Check(parley::IsValidId(req.cmid));
-      Check(!req.body.empty() || !req.meta_json.empty());
-      if (!req.meta_json.empty()) {
-        Check(req.meta_json.front() == '{' && req.meta_json.back() == '}');
-        // The captured meta must itself be one valid JSON object.
-        simdjson::dom::parser dom;
-        simdjson::dom::object obj;
-        Check(dom.parse(std::string(req.meta_json)).get(obj) == simdjson::SUCCESS);
-      }
+      CheckSend(req, limits);
       break;
     case Op::kTyping:
       Check(req.to.empty() != req.group.empty());

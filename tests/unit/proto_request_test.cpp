@@ -850,3 +850,76 @@ TEST_CASE("conversation ids", "[proto][request]") {
   CHECK_FALSE(ParseConvId("d:a:" + id65, &ref));
   CHECK(ParseConvId("g:" + std::string(64, 'a'), &ref));
 }
+
+TEST_CASE("the admin API's send: op optional, from required", "[proto][request]") {
+  simdjson::ondemand::parser parser;
+  Request req;
+  DecodeError error;
+  auto decode = [&](std::string_view json) {
+    simdjson::padded_string input(json);
+    error = DecodeError{};
+    const bool ok = DecodeAdminSend(parser, input, {}, &req, &error);
+    // Copy what the views point at before the input goes away.
+    return std::make_pair(ok, ok ? std::string(req.from) + "|" + std::string(req.to) + "|" +
+                                       std::string(req.cmid) + "|" + std::string(req.body)
+                                 : std::string(error.code) + ":" + error.message);
+  };
+  CHECK(decode(R"({"from":"system","to":"bob","cmid":"c1","body":"hi"})") ==
+        std::make_pair(true, std::string("system|bob|c1|hi")));
+  CHECK(decode(R"({"op":"send","from":"system","to":"bob","cmid":"c1","body":"hi"})") ==
+        std::make_pair(true, std::string("system|bob|c1|hi")));
+  CHECK(req.op == Op::kSend);
+  // A group target and meta, as for a client.
+  REQUIRE(decode(R"({"from":"s","group":"g1","cmid":"c2","body":"","meta":{"k":[1]}})").first);
+  CHECK(req.group == "g1");
+  CHECK(req.meta_json == R"({"k":[1]})");
+
+  struct Case {
+    std::string_view json, code, message_part;
+  };
+  for (const Case& c : std::vector<Case>{
+           {R"({"to":"bob","cmid":"c","body":"x"})", "bad_request", "missing from"},
+           {R"({"from":"a b","to":"bob","cmid":"c","body":"x"})", "bad_request", "from must be"},
+           {R"({"from":7,"to":"bob","cmid":"c","body":"x"})", "bad_request", "from must be"},
+           {R"({"op":"ping","from":"s","to":"bob","cmid":"c","body":"x"})", "bad_request",
+            "op must be \"send\" (or left out)"},
+           {R"({"op":"nope","from":"s","to":"bob","cmid":"c","body":"x"})", "bad_request",
+            "op must be \"send\""},
+           {R"({"op":1,"from":"s","to":"bob","cmid":"c","body":"x"})", "bad_request",
+            "op must be \"send\""},
+           {R"({"op":"send","op":"send","from":"s","to":"bob","cmid":"c","body":"x"})",
+            "bad_request", "duplicate key \"op\""},
+           {R"({"from":"s","from":"t","to":"bob","cmid":"c","body":"x"})", "bad_request",
+            "duplicate key \"from\""},
+           {R"({"from":"s","to":"bob","cmid":"c"})", "bad_request", "missing body"},
+           {R"({"from":"s","to":"bob","group":"g","cmid":"c","body":"x"})", "bad_request",
+            "exactly one of to/group"},
+           {R"([1,2])", "bad_request", "must be a JSON object"},
+           {R"({not json)", "bad_request", "invalid JSON"},
+           {"", "bad_request", "invalid JSON"},
+       }) {
+    INFO("body: " << c.json);
+    auto [ok, what] = decode(c.json);
+    REQUIRE_FALSE(ok);
+    INFO("error: " << what);
+    CHECK(error.code == c.code);
+    CHECK(what.find(c.message_part) != std::string::npos);
+  }
+  // The body limit applies as for a client.
+  DecodeLimits small;
+  small.max_body_bytes = 4;
+  simdjson::padded_string big(
+      std::string_view(R"({"from":"s","to":"bob","cmid":"c","body":"12345"})"));
+  REQUIRE_FALSE(DecodeAdminSend(parser, big, small, &req, &error));
+  CHECK(error.code == "too_large");
+}
+
+TEST_CASE("a client request may carry from; it is read and ignored", "[proto][request]") {
+  Decoder d;
+  REQUIRE(d.Run(R"({"op":"send","from":"mallory","to":"bob","cmid":"c","body":"x"})"));
+  CHECK(d.req.op == Op::kSend);
+  REQUIRE(d.Run(R"({"op":"ping","from":{"any":["thing"]}})"));
+  CHECK(d.req.op == Op::kPing);
+  REQUIRE_FALSE(d.Run(R"({"op":"ping","from":"a","from":"b"})"));
+  CHECK(d.error.message.find("duplicate key") != std::string::npos);
+}

@@ -95,6 +95,10 @@ struct Request {
   // watch, unwatch, group_create (members), group_add, group_remove (users)
   absl::InlinedVector<std::string_view, 4> users;
   std::string_view name;  // group_create: optional display name (<= 128 bytes)
+
+  // The admin API's send only: the sender (validated id). A client request may carry the key;
+  // it is read and ignored.
+  std::string_view from;
 };
 
 // A request that cannot be served as written: `code` is the protocol error code
@@ -113,6 +117,12 @@ struct DecodeError {
 // Returns true and fills *out, or returns false and fills *error.
 bool DecodeRequest(simdjson::ondemand::parser& parser, simdjson::padded_string_view json,
                    const DecodeLimits& limits, Request* out, DecodeError* error);
+
+// Decodes the body of the admin API's send (POST /api/v1/send): the fields of a client's
+// send plus a required "from", with "op" optional (if given it must be "send"). Same
+// padding, limits and errors as DecodeRequest; fills out->from.
+bool DecodeAdminSend(simdjson::ondemand::parser& parser, simdjson::padded_string_view json,
+                     const DecodeLimits& limits, Request* out, DecodeError* error);
 
 // Conversation ids.
 std::string DirectConvId(std::string_view a, std::string_view b);  // orders a, b bytewise
