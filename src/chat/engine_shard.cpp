@@ -773,18 +773,11 @@ absl::Status EngineShard::History(const std::string& user, int64_t id, std::stri
   if (limit < 0) limit = 50;
   std::vector<std::pair<int64_t, store::MessageRecord>> msgs;
   bool more = false;
-  // Node-local read of the conversation log (any core may read the store).
-  absl::Status st = absl::OkStatus();
-  if (before <= 0 || before > first_seq + 1) {
-    st = deps_.store->ReadHistory(conv, before, static_cast<int>(limit), &msgs, &more);
-  }
-  if (!st.ok()) return absl::UnavailableError("storage is unavailable");
-  if (first_seq > 0) {
-    // Pages go backwards: what belongs to the deleted group is at the front, and ends them.
-    auto own =
-        std::find_if(msgs.begin(), msgs.end(), [&](const auto& m) { return m.first > first_seq; });
-    msgs.erase(msgs.begin(), own);
-    if (msgs.empty() || msgs.front().first == first_seq + 1) more = false;
+  // Node-local read of the conversation log (any core may read the store), which stops at a
+  // deleted group's messages.
+  if (!deps_.store->ReadHistory(conv, first_seq, before, static_cast<int>(limit), &msgs, &more)
+           .ok()) {
+    return absl::UnavailableError("storage is unavailable");
   }
   // As in Sync, the answer stays within a budget of bytes; history pages backwards, so what
   // does not fit are the oldest messages, and "more" sends the client to them.

@@ -208,9 +208,10 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
   static constexpr int64_t kAbuseSlotMs = 1000 / kAbuseSlots;
   struct RateBucket {
     double tokens = 0;
-    int64_t time = 0;   // last refill; 0 = not used yet
-    uint32_t slot = 0;  // now_ms / kAbuseSlotMs of the newest slot (wraps after 13 years)
-    std::array<uint16_t, kAbuseSlots> attempts{};  // attempts[slot % kAbuseSlots]; saturating
+    int64_t time = 0;     // last refill and attempt; 0 = not used yet
+    uint32_t recent = 0;  // sum of attempts, kept as slots are cleared
+    std::array<uint16_t, kAbuseSlots>
+        attempts{};  // [time / kAbuseSlotMs % kAbuseSlots]; saturating
   };
 
   bool AllowRate(WsSession& ws, RateBucket& b, double rate, double burst) {
@@ -219,20 +220,27 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
       b.tokens = burst;
       b.time = now;
     }
+    const int64_t last_slot = b.time / kAbuseSlotMs;
+    const int64_t slot = now / kAbuseSlotMs;
     b.tokens = std::min(burst, b.tokens + (now - b.time) * rate / 1000.0);
     b.time = now;
-    const auto slot = static_cast<uint32_t>(now / kAbuseSlotMs);
-    if (slot - b.slot >= kAbuseSlots) {
+    // The slots between the last attempt's and this one's have left the window.
+    if (slot - last_slot >= kAbuseSlots) {
       b.attempts.fill(0);
+      b.recent = 0;
     } else {
-      for (uint32_t s = b.slot + 1; s != slot + 1; ++s) b.attempts[s % kAbuseSlots] = 0;
+      for (int64_t s = last_slot + 1; s <= slot; ++s) {
+        uint16_t& old = b.attempts[s % kAbuseSlots];
+        b.recent -= old;
+        old = 0;
+      }
     }
-    b.slot = slot;
     uint16_t& current = b.attempts[slot % kAbuseSlots];
-    if (current != UINT16_MAX) ++current;
-    uint32_t recent = 0;
-    for (uint16_t n : b.attempts) recent += n;
-    if (recent > 10 * rate) {
+    if (current != UINT16_MAX) {
+      ++current;
+      ++b.recent;
+    }
+    if (b.recent > 10 * rate) {
       ws.Close(4029, "rate limit abused");
       return false;
     }

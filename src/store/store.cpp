@@ -703,15 +703,17 @@ absl::StatusOr<std::optional<MessageRecord>> Store::GetMessage(std::string_view 
   return std::optional<MessageRecord>(std::move(r));
 }
 
-absl::Status Store::ReadHistory(std::string_view conv, int64_t before, int limit,
+absl::Status Store::ReadHistory(std::string_view conv, int64_t after, int64_t before, int limit,
                                 std::vector<std::pair<int64_t, MessageRecord>>* out, bool* more) {
   out->clear();
   *more = false;
+  if (before > 0 && before <= after + 1) return absl::OkStatus();
   const std::string prefix = rec::OwnerPrefix(rec::kMessage, conv);
+  const std::string lower = after > 0 ? rec::SeqKey(rec::kMessage, conv, after + 1) : prefix;
   const std::string upper =
       before > 0 ? rec::SeqKey(rec::kMessage, conv, before) : PrefixEnd(prefix);
   rocksdb::ReadOptions ro;
-  rocksdb::Slice lower_s(prefix), upper_s(upper);
+  rocksdb::Slice lower_s(lower), upper_s(upper);
   ro.iterate_lower_bound = &lower_s;
   ro.iterate_upper_bound = &upper_s;
   SnapshotRef durable;

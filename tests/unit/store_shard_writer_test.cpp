@@ -506,7 +506,7 @@ TEST_CASE("history shows only what a log sync has made durable", "[store]") {
   CHECK(m->has_value());
   std::vector<std::pair<int64_t, MessageRecord>> out;
   bool more = true;
-  REQUIRE(store->ReadHistory("d:ann:bo", 0, 10, &out, &more).ok());
+  REQUIRE(store->ReadHistory("d:ann:bo", 0, 0, 10, &out, &more).ok());
   CHECK(out.empty());
   CHECK_FALSE(more);
   // Once a sync has covered it, it does.
@@ -516,7 +516,7 @@ TEST_CASE("history shows only what a log sync has made durable", "[store]") {
     REQUIRE(std::chrono::steady_clock::now() < deadline);
     std::this_thread::sleep_for(100us);
   }
-  REQUIRE(store->ReadHistory("d:ann:bo", 0, 10, &out, &more).ok());
+  REQUIRE(store->ReadHistory("d:ann:bo", 0, 0, 10, &out, &more).ok());
   REQUIRE(out.size() == 1);
   CHECK(out[0].first == 1);
   CHECK(out[0].second.cmid == "c-1");

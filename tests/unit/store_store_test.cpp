@@ -80,7 +80,7 @@ TEST_CASE("a fresh store answers every read with empty results", "[store]") {
   CHECK_FALSE(store->GetGroup("team").value().has_value());
   std::vector<std::pair<int64_t, MessageRecord>> history = {{1, Msg("stale")}};
   bool more = true;
-  REQUIRE(store->ReadHistory("d:alice:bob", 0, 50, &history, &more).ok());
+  REQUIRE(store->ReadHistory("d:alice:bob", 0, 0, 50, &history, &more).ok());
   CHECK(history.empty());
   CHECK_FALSE(more);
   std::vector<std::pair<int64_t, InboxRecord>> inbox = {{1, InboxRecord{}}};
@@ -166,7 +166,7 @@ TEST_CASE("message keys land in the conversation's shard and sort by seq", "[sto
 
   std::vector<std::pair<int64_t, MessageRecord>> out;
   bool more = false;
-  REQUIRE(store->ReadHistory(conv, 0, 10, &out, &more).ok());
+  REQUIRE(store->ReadHistory(conv, 0, 0, 10, &out, &more).ok());
   std::vector<int64_t> seqs;
   for (auto& [seq, m] : out) {
     seqs.push_back(seq);
@@ -186,9 +186,9 @@ TEST_CASE("history pages backwards with the more flag at the boundaries", "[stor
   for (int64_t seq = 1; seq <= 30; ++seq) b.PutMessage(neighbour, seq, Msg("n"));
   REQUIRE(store->Write(b).ok());
 
-  auto read = [&](int64_t before, int limit, bool* more) {
+  auto read = [&](int64_t before, int limit, bool* more, int64_t after = 0) {
     std::vector<std::pair<int64_t, MessageRecord>> out;
-    REQUIRE(store->ReadHistory(conv, before, limit, &out, more).ok());
+    REQUIRE(store->ReadHistory(conv, after, before, limit, &out, more).ok());
     std::vector<int64_t> seqs;
     for (auto& [seq, m] : out) {
       CHECK(m.body == "m" + std::to_string(seq));
@@ -220,6 +220,24 @@ TEST_CASE("history pages backwards with the more flag at the boundaries", "[stor
   CHECK(more);
   CHECK(read(0, 0, &more).empty());
   CHECK(more);  // nothing asked for, older ones exist
+  // A lower bound (a recreated group's first seq): nothing at or below it, and "more" stops
+  // there.
+  CHECK(read(0, 3, &more, 6) == V{8, 9, 10});
+  CHECK(more);
+  CHECK(read(8, 3, &more, 6) == V{7});
+  CHECK_FALSE(more);
+  CHECK(read(0, 4, &more, 6) == V{7, 8, 9, 10});
+  CHECK_FALSE(more);
+  CHECK(read(0, 3, &more, 7) == V{8, 9, 10});
+  CHECK_FALSE(more);
+  CHECK(read(7, 3, &more, 6).empty());
+  CHECK_FALSE(more);
+  CHECK(read(3, 3, &more, 6).empty());
+  CHECK_FALSE(more);
+  CHECK(read(0, 3, &more, 10).empty());
+  CHECK_FALSE(more);
+  CHECK(read(0, 3, &more, 20).empty());
+  CHECK_FALSE(more);
   // The neighbour's 30 messages never leak in, and its last seq is its own.
   CHECK(store->LastConvSeq(conv).value() == 10);
   CHECK(store->LastConvSeq(neighbour).value() == 30);
@@ -514,7 +532,7 @@ TEST_CASE("corrupt values surface as DataLoss, not crashes", "[store]") {
   CHECK(absl::IsDataLoss(msg.status()));
   std::vector<std::pair<int64_t, MessageRecord>> out;
   bool more = false;
-  CHECK(absl::IsDataLoss(store->ReadHistory(conv, 0, 10, &out, &more)));
+  CHECK(absl::IsDataLoss(store->ReadHistory(conv, 0, 0, 10, &out, &more)));
   // A malformed key (wrong seq width) in the conversation's range.
   REQUIRE(store->db()
               ->Put(rocksdb::WriteOptions(), cf, records::OwnerPrefix('L', conv) + "xyz", "")

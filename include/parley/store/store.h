@@ -209,9 +209,9 @@ class Store {
   absl::StatusOr<int64_t> LastConvSeq(std::string_view conv);
   absl::StatusOr<int64_t> LastInboxSeq(std::string_view user);
   absl::StatusOr<std::optional<MessageRecord>> GetMessage(std::string_view conv, int64_t seq);
-  // Up to `limit` messages with seq < before (before <= 0: the newest), ascending by seq;
-  // *more says whether older messages exist.
-  absl::Status ReadHistory(std::string_view conv, int64_t before, int limit,
+  // Up to `limit` messages with after < seq < before (before <= 0: the newest), ascending by
+  // seq; *more says whether older messages (still after `after`) exist.
+  absl::Status ReadHistory(std::string_view conv, int64_t after, int64_t before, int limit,
                            std::vector<std::pair<int64_t, MessageRecord>>* out, bool* more);
   // Up to `limit` inbox entries with inbox seq > after, ascending; *more says whether
   // entries after the last returned exist.
