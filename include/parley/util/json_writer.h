@@ -2,6 +2,7 @@
 // beyond the string's growth. Keys are written by the caller as literals.
 #pragma once
 
+#include <charconv>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -23,7 +24,9 @@ class JsonObjectWriter {
   }
   JsonObjectWriter& Int(std::string_view key, int64_t value) {
     Key(key);
-    out_->append(std::to_string(value));
+    char digits[20];  // an int64 has at most 19 digits and a sign
+    const auto end = std::to_chars(digits, digits + sizeof(digits), value).ptr;
+    out_->append(digits, static_cast<size_t>(end - digits));
     return *this;
   }
   JsonObjectWriter& Bool(std::string_view key, bool value) {
@@ -41,11 +44,10 @@ class JsonObjectWriter {
 
  private:
   void Key(std::string_view key) {
-    if (!first_) out_->push_back(',');
+    out_->append(first_ ? "\"" : ",\"", first_ ? 1 : 2);
     first_ = false;
-    out_->push_back('"');
-    out_->append(key);
-    out_->append("\":");
+    out_->append(key.data(), key.size());
+    out_->append("\":", 2);
   }
   std::string* out_;
   bool first_ = true;
