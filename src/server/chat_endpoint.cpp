@@ -210,8 +210,8 @@ class ChatEndpoint final : public WsEndpoint, public chat::Device {
     double tokens = 0;
     int64_t time = 0;     // last refill and attempt; 0 = not used yet
     uint32_t recent = 0;  // sum of attempts, kept as slots are cleared
-    std::array<uint16_t, kAbuseSlots>
-        attempts{};  // [time / kAbuseSlotMs % kAbuseSlots]; saturating
+    // Attempts per slot; the newest is [time / kAbuseSlotMs % kAbuseSlots]. Counts saturate.
+    std::array<uint16_t, kAbuseSlots> attempts{};
   };
 
   bool AllowRate(WsSession& ws, RateBucket& b, double rate, double burst) {
