@@ -1,5 +1,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -29,6 +30,18 @@ class EchoHandler : public ConnectionHandler {
       return data.size();
     }
     conn.Write(s);
+    return data.size();
+  }
+};
+
+// Answers each read with whether its socket has TCP_NODELAY ("1" or "0").
+class NoDelayHandler : public ConnectionHandler {
+ public:
+  size_t OnData(Connection& conn, std::span<char> data) override {
+    int on = 0;
+    socklen_t len = sizeof(on);
+    const bool read = getsockopt(conn.fd(), IPPROTO_TCP, TCP_NODELAY, &on, &len) == 0;
+    conn.Write(read && on != 0 ? "1" : "0");
     return data.size();
   }
 };
@@ -149,6 +162,16 @@ TEST_CASE("reactor accepts, echoes and closes after flushing", "[net]") {
   CHECK(ReadExactly(c, 3) == "bye");
   char b;
   CHECK(read(c, &b, 1) == 0);  // orderly close after the last bytes
+  close(c);
+}
+
+TEST_CASE("accepted connections have Nagle's algorithm off", "[net]") {
+  // Set once on the listener and inherited: small frames (acks, events) must not wait for the
+  // peer's delayed ACK.
+  Cluster cluster(1);
+  int c = ConnectTo(StartServing<NoDelayHandler>(cluster));
+  REQUIRE(write(c, "?", 1) == 1);
+  CHECK(ReadExactly(c, 1) == "1");
   close(c);
 }
 

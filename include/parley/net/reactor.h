@@ -190,7 +190,8 @@ class Reactor {
 
   // Runs on the reactor's own thread, before Run: creates the ring and buffers.
   absl::Status Init();
-  // Starts accepting on a listening socket (this core's own SO_REUSEPORT socket).
+  // Starts accepting on a listening socket (this core's own SO_REUSEPORT socket). Sets
+  // TCP_NODELAY on it, which every accepted connection inherits.
   void Listen(int listen_fd, AcceptHandlerFactory factory);
   // The loop; returns after Stop and the drain of every connection.
   void Run();
